@@ -1,0 +1,80 @@
+"""nanobanana_async: an asyncio SDK for the Nano Banana Pro queue API."""
+
+import contextlib
+
+from ._version import __version__
+from .errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ClientStateError,
+    ConnectError,
+    InsufficientCreditsError,
+    NanoBananaError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    SubmissionUnknownError,
+    TaskCancelledError,
+    TaskError,
+    TaskFailedError,
+    TimeoutError,
+    TransportError,
+    UnprocessableEntityError,
+    ValidationError,
+)
+from .models import (
+    AspectRatio,
+    GenerationRequest,
+    GenerationResult,
+    ImageSize,
+    LogEntry,
+    Modality,
+    Output,
+    TaskState,
+    TaskStatus,
+    Ticket,
+)
+
+__all__ = [
+    "APIStatusError",
+    "AspectRatio",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStateError",
+    "ConnectError",
+    "GenerationRequest",
+    "GenerationResult",
+    "ImageSize",
+    "InsufficientCreditsError",
+    "LogEntry",
+    "Modality",
+    "NanoBananaError",
+    "NotFoundError",
+    "Output",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "RateLimitError",
+    "ServerError",
+    "SubmissionUnknownError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskState",
+    "TaskStatus",
+    "Ticket",
+    "TimeoutError",
+    "TransportError",
+    "UnprocessableEntityError",
+    "ValidationError",
+    "__version__",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        with contextlib.suppress(AttributeError, TypeError):
+            _obj.__module__ = __name__
+del _name, _obj

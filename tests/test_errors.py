@@ -1,0 +1,121 @@
+import email.utils
+import json
+import time
+
+import pytest
+
+from nanobanana_async import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    InsufficientCreditsError,
+    NanoBananaError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    TaskCancelledError,
+    TaskFailedError,
+    UnprocessableEntityError,
+)
+from nanobanana_async.errors import error_from_response, parse_retry_after
+
+
+def _body(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_gateway_401() -> None:
+    err = error_from_response(
+        401,
+        {},
+        _body({"error": {"code": "UNAUTHORIZED", "message": "bad key"}, "request_id": "g1"}),
+    )
+    assert type(err) is AuthenticationError
+    assert (err.status_code, err.code, err.message, err.request_id) == (
+        401,
+        "UNAUTHORIZED",
+        "bad key",
+        "g1",
+    )
+    assert isinstance(err, APIStatusError) and isinstance(err, NanoBananaError)
+
+
+def test_gateway_429_with_retry_after() -> None:
+    err = error_from_response(
+        429,
+        {"Retry-After": "7"},
+        _body(
+            {"error": {"code": "RATE_LIMIT_EXCEEDED", "message": "slow down"}, "request_id": "g2"}
+        ),
+    )
+    assert isinstance(err, RateLimitError)
+    assert err.retry_after == 7.0 and err.code == "RATE_LIMIT_EXCEEDED"
+
+
+def test_application_bodies() -> None:
+    err = error_from_response(403, {}, _body({"detail": "Model not allowed for this user"}))
+    assert type(err) is PermissionDeniedError and err.message == "Model not allowed for this user"
+    err = error_from_response(
+        404, {"X-Request-Id": "hdr-1"}, _body({"detail": "Request not found"})
+    )
+    assert type(err) is NotFoundError and err.request_id == "hdr-1"
+    err = error_from_response(
+        422,
+        {},
+        _body({"detail": [{"loc": ["body", "aspect_ratio"], "msg": "bad value", "type": "enum"}]}),
+    )
+    assert type(err) is UnprocessableEntityError
+    assert "aspect_ratio" in err.message
+    err = error_from_response(400, {}, _body({"status": "ALREADY_COMPLETED"}))
+    assert type(err) is BadRequestError and err.code == "ALREADY_COMPLETED"
+
+
+@pytest.mark.parametrize("code", range(40201, 40209))
+def test_balance_codes(code: int) -> None:
+    body = _body(
+        {
+            "status": {"code": 402, "message": "Insufficient credits", "error_code": code},
+            "data": None,
+        }
+    )
+    err = error_from_response(402, {}, body)
+    assert type(err) is InsufficientCreditsError
+    assert err.code == str(code) and err.message == "Insufficient credits"
+    # A balance code is a balance error even if a proxy rewrote the status.
+    assert type(error_from_response(200 if False else 418, {}, body)) is InsufficientCreditsError
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
+def test_server_errors(status: int) -> None:
+    err = error_from_response(status, {"Retry-After": "2"}, b"<html>bad gateway</html>")
+    assert isinstance(err, ServerError) and err.status_code == status
+    assert err.retry_after == 2.0
+    assert "bad gateway" in err.message
+
+
+def test_garbage_body_keeps_excerpt() -> None:
+    err = error_from_response(400, {}, b"x" * 10_000)
+    assert type(err) is BadRequestError and len(err.body_excerpt) <= 201
+    err = error_from_response(418, {}, b"")
+    assert type(err) is APIStatusError and err.status_code == 418
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after({"retry-after-ms": "1500", "Retry-After": "9"}) == 1.5
+    assert parse_retry_after({"Retry-After": "3.5"}) == 3.5
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after({"Retry-After": date}, now=now) == pytest.approx(30, abs=1.5)
+    assert parse_retry_after({"Retry-After": "-4"}) is None
+    assert parse_retry_after({"Retry-After": "nan"}) is None
+    assert parse_retry_after({"Retry-After": "inf"}) is None
+    assert parse_retry_after({"Retry-After": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_task_errors() -> None:
+    err = TaskFailedError("blocked", request_id="r1", error_type="CONTENT_BLOCKED")
+    assert "r1" in str(err) and "CONTENT_BLOCKED" in str(err)
+    cancelled = TaskCancelledError("x", request_id="r2", error_type="CANCELED")
+    assert cancelled.request_id == "r2"
