@@ -2,7 +2,10 @@
 
 import contextlib
 
+from ._config import Limits, Timeout
+from ._transport import HttpEvent
 from ._version import __version__
+from .client import Client, ClientStats
 from .errors import (
     APIStatusError,
     AuthenticationError,
@@ -25,6 +28,7 @@ from .errors import (
     UnprocessableEntityError,
     ValidationError,
 )
+from .jobs import Job
 from .models import (
     AspectRatio,
     GenerationRequest,
@@ -37,8 +41,18 @@ from .models import (
     TaskStatus,
     Ticket,
 )
+from .retry import RetryPolicy
+from .scheduler import PollPolicy
 
 __all__ = [
+    "Client",
+    "ClientStats",
+    "HttpEvent",
+    "Job",
+    "Limits",
+    "PollPolicy",
+    "RetryPolicy",
+    "Timeout",
     "APIStatusError",
     "AspectRatio",
     "AuthenticationError",

@@ -8,8 +8,8 @@
     ├── ProtocolError                   a response body that is not the JSON we expect
     ├── TransportError                  the request failed below HTTP
     │   ├── ConnectError                could not connect (nothing was sent)
-    │   ├── TimeoutError                a connect/read timeout or the call's deadline
-    │   └── SubmissionUnknownError      a create may have been processed; the task may exist
+    │   └── TimeoutError                a connect/read timeout or the call's deadline
+    ├── SubmissionUnknownError          a create may have been processed; the task may exist
     ├── APIStatusError                  the service answered with an error status
     │   ├── BadRequestError             400
     │   ├── AuthenticationError         401
@@ -116,7 +116,7 @@ class TimeoutError(TransportError, builtins.TimeoutError):
     """A connect or read timeout, or the overall deadline of a call, expired."""
 
 
-class SubmissionUnknownError(TransportError):
+class SubmissionUnknownError(NanoBananaError):
     """A create request may have reached the service: the task may exist and may be billed.
 
     The SDK never resubmits such a create by itself. Check your records (or the journal) and

@@ -1,0 +1,316 @@
+"""Client: the session manager that owns the HTTP session, the poll scheduler and their tasks."""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, Timeout
+from ._transport import HttpEvent, Transport
+from ._wire import encode_request, parse_status, parse_ticket
+from .errors import ClientStateError, ProtocolError, SubmissionUnknownError, ValidationError
+from .jobs import Job
+from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
+from .retry import DEFAULT_RETRY, RetryPolicy
+from .scheduler import PollPolicy, PollScheduler
+
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "Client", "ClientStats"]
+
+DEFAULT_BASE_URL = "https://cloud.seaart.ai/model"
+DEFAULT_MODEL = "nano_banana_pro"
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class ClientStats:
+    """Counters of one client since it was opened."""
+
+    requests_sent: int
+    rate_limited: int
+    polls_sent: int
+    watching: int
+    finished: int
+
+
+def _resolve_key(api_key: str | None, api_key_file: str | os.PathLike[str] | None) -> str:
+    hint = "pass api_key=..., api_key_file=..., or set NANOBANANA_API_KEY"
+    if api_key is not None and api_key_file is not None:
+        raise ValidationError("api_key", "<redacted>", "give api_key or api_key_file, not both")
+    if api_key_file is not None:
+        try:
+            api_key = Path(api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValidationError(
+                "api_key_file", str(api_key_file), f"cannot be read ({exc.strerror})"
+            ) from None
+    if api_key is None:
+        api_key = os.environ.get("NANOBANANA_API_KEY")
+    if not api_key or not api_key.strip():
+        raise ValidationError("api_key", None, "no API key given", hint)
+    if any(ch.isspace() or ord(ch) < 32 for ch in api_key.strip()):
+        raise ValidationError("api_key", "<redacted>", "contains whitespace or control characters")
+    return api_key.strip()
+
+
+def _check_base_url(base_url: str | None) -> str:
+    url = base_url or os.environ.get("NANOBANANA_BASE_URL") or DEFAULT_BASE_URL
+    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", url, re.I):
+        raise ValidationError(
+            "base_url", url, "is not an absolute http(s) URL", "http(s)://host/path"
+        )
+    return url.rstrip("/")
+
+
+class Client:
+    """An open connection to the queue API: ``async with Client() as client: ...``.
+
+    One client owns one aiohttp session and one poll scheduler; share it across your
+    application. ``api_key`` falls back to ``NANOBANANA_API_KEY`` and ``base_url`` to
+    ``NANOBANANA_BASE_URL`` (default ``https://cloud.seaart.ai/model``). Leaving the block (or
+    ``aclose()``) cancels on the service the tasks still being waited on, unless ``detach``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        api_key_file: str | os.PathLike[str] | None = None,
+        base_url: str | None = None,
+        model: str = DEFAULT_MODEL,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        poll: PollPolicy | None = None,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        cancel_on_abandon: bool = True,
+        hooks: Sequence[Callable[[HttpEvent], None]] = (),
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not _MODEL_ID.match(model):
+            raise ValidationError("model", model, "is not a model id", "e.g. nano_banana_pro")
+        for name, value, cls in (
+            ("retry", retry, RetryPolicy),
+            ("timeout", timeout, Timeout),
+            ("limits", limits, Limits),
+        ):
+            if not isinstance(value, cls):
+                raise ValidationError(name, value, f"must be a {cls.__name__}")
+        self._rng = random.Random(seed)
+        self._transport = Transport(
+            api_key=_resolve_key(api_key, api_key_file),
+            base_url=_check_base_url(base_url),
+            model=model,
+            retry=retry,
+            timeout=timeout,
+            limits=limits,
+            hooks=hooks,
+            rng=self._rng,
+        )
+        self.poll_policy = poll or PollPolicy()
+        self.cancel_on_abandon = cancel_on_abandon
+        self._state = _State.UNOPENED
+        self._stack: AsyncExitStack | None = None
+        self._scheduler: PollScheduler | None = None
+        self._create_limiter = anyio.CapacityLimiter(limits.max_concurrent_creates)
+
+    def __repr__(self) -> str:
+        t = self._transport
+        return f"<Client {t.base_url!r} model={t.model!r} {self._state.value}>"
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL in use."""
+        return self._transport.base_url
+
+    @property
+    def model(self) -> str:
+        """The model id tasks are submitted to."""
+        return self._transport.model
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        if self._state is not _State.UNOPENED:
+            raise ClientStateError(
+                "a Client can be opened only once; create a new Client"
+                if self._state is _State.CLOSED
+                else "the Client is already open"
+            )
+        stack = AsyncExitStack()
+        await self._transport.open()
+        stack.push_async_callback(self._close_transport)
+        try:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            self._scheduler = PollScheduler(
+                self._transport,
+                self.poll_policy,
+                max_concurrent_polls=self._transport.limits.max_concurrent_polls,
+                rng=self._rng,
+            )
+            await tg.start(self._scheduler.run)
+            stack.callback(tg.cancel_scope.cancel)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._state = _State.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, *, detach: bool = False) -> None:
+        """Close the client: cancel waited-on tasks remotely (unless ``detach``), stop polling.
+
+        Idempotent. Call it from the task that opened the client (as ``async with`` does).
+        """
+        if self._state is not _State.OPEN:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSED
+        scheduler, stack = self._scheduler, self._stack
+        assert scheduler is not None and stack is not None
+        try:
+            if not detach and self.cancel_on_abandon:
+                pending = [e for e in scheduler.entries() if e.waiters or e.listeners]
+                limiter = anyio.CapacityLimiter(16)
+
+                async def cancel(entry: Any) -> None:
+                    async with limiter:
+                        await scheduler.cancel_remote(entry)
+
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as tg:
+                        for entry in pending:
+                            tg.start_soon(cancel, entry)
+            scheduler.close()
+        finally:
+            await stack.aclose()
+
+    async def _close_transport(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._transport.close()
+
+    def _require_open(self) -> PollScheduler:
+        if self._state is _State.OPEN and self._scheduler is not None:
+            return self._scheduler
+        if self._state is _State.UNOPENED:
+            raise ClientStateError("use the Client inside 'async with Client(...) as client:'")
+        raise ClientStateError("the Client is closed")
+
+    @property
+    def stats(self) -> ClientStats:
+        """Counters: requests sent, 429s received, polls, tasks watched and finished."""
+        s = self._scheduler
+        return ClientStats(
+            requests_sent=self._transport.requests_sent,
+            rate_limited=self._transport.rate_limited,
+            polls_sent=s.polls_sent if s else 0,
+            watching=s.watching if s else 0,
+            finished=s.finished if s else 0,
+        )
+
+    # -- single tasks -----------------------------------------------------------------------
+
+    async def submit(
+        self, request: GenerationRequest | str, *, retry: RetryPolicy | None = None
+    ) -> Job:
+        """Create a task and return its ``Job`` (the create is never retried ambiguously)."""
+        request = _as_request(request)
+        self._require_open()
+        body = encode_request(request)
+        async with self._create_limiter:
+            resp = await self._transport.request(
+                "POST", self._transport.create_url, kind="create", json_body=body, retry=retry
+            )
+        try:
+            ticket = parse_ticket(resp.json())
+        except ProtocolError as exc:
+            raise SubmissionUnknownError(
+                f"create answered {resp.status} with an unreadable body", request_body=body
+            ) from exc
+        return Job(self, ticket)
+
+    async def generate(
+        self,
+        request: GenerationRequest | str,
+        *,
+        timeout: float | None = None,
+        cancel_on_abandon: bool | None = None,
+    ) -> GenerationResult:
+        """Submit a task and wait for its result (cancelled remotely if abandoned)."""
+        job = await self.submit(request)
+        return await job.result(timeout=timeout, cancel_on_abandon=cancel_on_abandon)
+
+    def job(self, request_id: str) -> Job:
+        """A handle on an existing task, by id (e.g. one submitted by another process)."""
+        if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 256:
+            raise ValidationError("request_id", request_id, "must be a non-empty string")
+        return Job(self, Ticket(request_id))
+
+    async def status(self, request_id: str) -> TaskStatus:
+        """The current status of a task, by id."""
+        return await self.job(request_id).status()
+
+    async def result(self, request_id: str, *, timeout: float | None = None) -> GenerationResult:
+        """Wait for a task, by id, and return its result."""
+        return await self.job(request_id).result(timeout=timeout)
+
+    async def cancel(self, request_id: str) -> bool:
+        """Ask the service to cancel a task, by id; False if it had already finished."""
+        return await self.job(request_id).cancel()
+
+    # -- used by Job ------------------------------------------------------------------------
+
+    async def _fetch_status(self, ticket: Ticket) -> TaskStatus:
+        self._require_open()
+        url = self._transport.task_url(ticket.request_id, "status", ticket.status_url)
+        resp = await self._transport.request("GET", url, kind="status")
+        return parse_status(resp.json())
+
+    async def _wait(
+        self, ticket: Ticket, *, timeout: float | None, cancel_on_abandon: bool | None
+    ) -> GenerationResult:
+        if timeout is not None and not timeout > 0:
+            raise ValidationError("timeout", timeout, "must be > 0 seconds or None")
+        scheduler = self._require_open()
+        entry = scheduler.watch(ticket)
+        abandon = self.cancel_on_abandon if cancel_on_abandon is None else cancel_on_abandon
+        return await scheduler.wait(entry, timeout=timeout, cancel_on_abandon=abandon)
+
+    async def _cancel(self, ticket: Ticket) -> bool:
+        self._require_open()
+        url = self._transport.task_url(ticket.request_id, "cancel", ticket.cancel_url)
+        resp = await self._transport.request(
+            "PUT", url, kind="cancel", ok_statuses=frozenset({400})
+        )
+        return resp.status < 300
+
+
+def _as_request(request: object) -> GenerationRequest:
+    if isinstance(request, GenerationRequest):
+        return request
+    if isinstance(request, str):
+        return GenerationRequest(request)
+    raise ValidationError("request", request, "must be a GenerationRequest or a prompt string")

@@ -1,0 +1,387 @@
+"""PollScheduler: one loop that polls every task the client waits on.
+
+Tasks sit in a heap ordered by their next due time; there is no coroutine per task. When a poll is
+due the loop borrows a token from a ``CapacityLimiter`` (the bound on concurrent polls) and runs the
+poll in the scheduler's task group. Each poll GETs the task's *response* URL, which answers 202 with
+the status while the task runs, so the poll that sees completion also brings the result. A poll's
+outcome either finishes the task (waking its waiters and listeners) or puts it back in the heap at
+the time the ``PollPolicy`` says.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from ._transport import Response, Transport
+from ._wire import parse_response, parse_status
+from .errors import (
+    AuthenticationError,
+    ClientStateError,
+    InsufficientCreditsError,
+    NanoBananaError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    TaskCancelledError,
+    TaskFailedError,
+    error_from_response,
+)
+from .errors import TimeoutError as SDKTimeoutError
+from .models import GenerationResult, TaskState, TaskStatus, Ticket
+from .retry import NO_RETRY
+
+__all__ = ["PollPolicy", "PollScheduler", "TaskEntry"]
+
+logger = logging.getLogger("nanobanana_async")
+Clock = Callable[[], float]
+Listener = Callable[["TaskEntry"], None]
+_FINAL_ERRORS = (
+    AuthenticationError,
+    PermissionDeniedError,
+    NotFoundError,
+    InsufficientCreditsError,
+)
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """When to poll a task: a first delay, then intervals growing by ``factor`` up to a cap.
+
+    Interval n (0-based) is ``min(max_interval, initial_delay * factor**n)``, scaled by a random
+    factor in ``[1 - jitter, 1 + jitter]`` so that tasks submitted together do not poll together.
+    After ``max_errors`` failed polls in a row the task fails with the last error.
+    """
+
+    initial_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    factor: float = attrs.field(default=1.5, validator=attrs.validators.ge(1))
+    max_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    jitter: float = attrs.field(
+        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
+    )
+    max_errors: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+
+    def interval(self, poll_number: int, rng: random.Random | None = None) -> float:
+        """Seconds from poll ``poll_number`` (0 = submit) to the next poll."""
+        base = (
+            self.initial_delay
+            if poll_number == 0
+            else self.initial_delay * self.factor**poll_number
+        )
+        base = min(self.max_interval, base) if poll_number else base
+        if self.jitter:
+            base *= (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
+        return base
+
+
+@attrs.define(eq=False)
+class TaskEntry:
+    """The scheduler's record of one task being waited on (small: no coroutine, no history)."""
+
+    ticket: Ticket
+    poll_url: str
+    submitted_at: float
+    due: float = 0.0
+    generation: int = 0
+    polls: int = 0
+    errors: int = 0
+    state: TaskState = TaskState.IN_QUEUE
+    queue_position: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    outcome: GenerationResult | NanoBananaError | None = None
+    waiters: int = 0
+    event: anyio.Event | None = None
+    listeners: list[Listener] = attrs.field(factory=list)
+    use_status_route: bool = False
+
+    @property
+    def request_id(self) -> str:
+        """The task's request id."""
+        return self.ticket.request_id
+
+    @property
+    def done(self) -> bool:
+        """True once the task has an outcome."""
+        return self.outcome is not None
+
+
+class PollScheduler:
+    """Polls every watched task from one loop, bounded by a limiter on concurrent polls."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        policy: PollPolicy,
+        *,
+        max_concurrent_polls: int,
+        clock: Clock = anyio.current_time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport
+        self.policy = policy
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._limiter = anyio.CapacityLimiter(max_concurrent_polls)
+        self._heap: list[tuple[float, int, int, TaskEntry]] = []
+        self._seq = itertools.count()
+        self._entries: dict[str, TaskEntry] = {}
+        self._wakeup = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self.polls_sent = 0
+        self.finished = 0
+
+    def __repr__(self) -> str:
+        return f"<PollScheduler watching={len(self._entries)} due_heap={len(self._heap)}>"
+
+    @property
+    def watching(self) -> int:
+        """Number of tasks currently being polled."""
+        return len(self._entries)
+
+    def entries(self) -> list[TaskEntry]:
+        """A snapshot of the tasks being polled."""
+        return list(self._entries.values())
+
+    # -- registration -----------------------------------------------------------------------
+
+    def watch(self, ticket: Ticket, *, submitted_at: float | None = None) -> TaskEntry:
+        """Start polling a task (or return the entry already polling it)."""
+        if self._closed:
+            raise ClientStateError("the client is closed")
+        entry = self._entries.get(ticket.request_id)
+        if entry is not None:
+            return entry
+        now = self._clock()
+        url = self._transport.task_url(ticket.request_id, "response", ticket.response_url)
+        entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
+        entry.queue_position = ticket.queue_position
+        self._entries[ticket.request_id] = entry
+        self._schedule(entry, entry.submitted_at + self.policy.interval(0, self._rng))
+        return entry
+
+    def _schedule(self, entry: TaskEntry, due: float) -> None:
+        entry.generation += 1
+        entry.due = due
+        heapq.heappush(self._heap, (due, next(self._seq), entry.generation, entry))
+        if self._heap[0][3] is entry:
+            self._wakeup.set()
+
+    def drop(self, entry: TaskEntry) -> None:
+        """Stop polling a task without finishing it (its stale heap item is skipped)."""
+        entry.generation += 1
+        if self._entries.get(entry.request_id) is entry:
+            del self._entries[entry.request_id]
+
+    def finish(self, entry: TaskEntry, outcome: GenerationResult | NanoBananaError) -> None:
+        """Record a task's outcome and wake whoever waits for it."""
+        if entry.outcome is not None:
+            return
+        self.drop(entry)
+        entry.outcome = outcome
+        entry.finished_at = self._clock()
+        self.finished += 1
+        if entry.event is not None:
+            entry.event.set()
+        for listener in entry.listeners:
+            listener(entry)
+        entry.listeners.clear()
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    async def wait(
+        self, entry: TaskEntry, *, timeout: float | None, cancel_on_abandon: bool
+    ) -> GenerationResult:
+        """Wait for a task's outcome; if abandoned (cancelled or timed out), cancel it remotely."""
+        if entry.outcome is None:
+            entry.waiters += 1
+            if entry.event is None:
+                entry.event = anyio.Event()
+            try:
+                with anyio.fail_after(timeout):
+                    await entry.event.wait()
+            except BaseException as exc:
+                entry.waiters -= 1
+                if entry.outcome is None and entry.waiters == 0 and not entry.listeners:
+                    self.drop(entry)
+                    if cancel_on_abandon:
+                        await self.cancel_remote(entry)
+                if type(exc) is TimeoutError:  # anyio's deadline, not one of ours
+                    raise SDKTimeoutError(
+                        f"task {entry.request_id} not finished after {timeout:g} s"
+                        + (" (cancelled remotely)" if cancel_on_abandon else "")
+                    ) from None
+                raise
+            entry.waiters -= 1
+        return unwrap(entry)
+
+    async def cancel_remote(self, entry: TaskEntry) -> bool:
+        """Ask the service to cancel the task, shielded and within the cancel timeout."""
+        url = self._transport.task_url(entry.request_id, "cancel", entry.ticket.cancel_url)
+        with anyio.move_on_after(self._transport.timeout.cancel, shield=True):
+            try:
+                resp = await self._transport.request(
+                    "PUT", url, kind="cancel", ok_statuses=frozenset({400, 404})
+                )
+            except NanoBananaError as exc:
+                logger.warning("could not cancel task %s: %s", entry.request_id, exc)
+                return False
+            logger.debug("cancel %s -> %d", entry.request_id, resp.status)
+            return resp.status == 202 or resp.status < 300
+        logger.warning("cancelling task %s timed out", entry.request_id)
+        return False
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The scheduler loop; runs until cancelled (by the client's task group)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while True:
+                now = self._clock()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, generation, entry = heapq.heappop(self._heap)
+                    if generation != entry.generation or entry.outcome is not None:
+                        continue
+                    await self._limiter.acquire_on_behalf_of(entry)
+                    tg.start_soon(self._poll, entry)
+                    now = self._clock()
+                delay = self._heap[0][0] - now if self._heap else math.inf
+                self._wakeup = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await self._wakeup.wait()
+
+    def close(self, reason: str = "the client was closed") -> None:
+        """Fail every pending task with ``ClientStateError`` (their waiters wake up)."""
+        self._closed = True
+        for entry in list(self._entries.values()):
+            self.finish(entry, ClientStateError(f"{reason} before task {entry.request_id} ended"))
+        self._heap.clear()
+
+    async def _poll(self, entry: TaskEntry) -> None:
+        try:
+            await self._poll_once(entry)
+        except NanoBananaError as exc:
+            self._on_error(entry, exc)
+        finally:
+            self._limiter.release_on_behalf_of(entry)
+
+    async def _poll_once(self, entry: TaskEntry) -> None:
+        entry.polls += 1
+        self.polls_sent += 1
+        if entry.use_status_route:
+            url = self._transport.task_url(entry.request_id, "status", entry.ticket.status_url)
+            status = parse_status((await self._get(url, "status")).json())
+            if status.state is TaskState.SUCCEEDED:
+                entry.use_status_route = False  # the next GET fetches the result at once
+                entry.polls -= 1
+                await self._poll_once(entry)
+                return
+            self._on_status(entry, status)
+            return
+        resp = await self._get(entry.poll_url, "result")
+        if resp.status >= 300:
+            self._on_error_response(entry, resp)
+            return
+        parsed = parse_response(resp.status, resp.json())
+        if isinstance(parsed, GenerationResult):
+            if not parsed.request_id:
+                parsed = attrs.evolve(parsed, request_id=entry.request_id)
+            entry.state = TaskState.SUCCEEDED
+            self.finish(entry, parsed)
+        else:
+            self._on_status(entry, parsed)
+
+    async def _get(self, url: str, kind: Any) -> Response:
+        return await self._transport.request(
+            "GET", url, kind=kind, retry=NO_RETRY, ok_statuses=frozenset(range(300, 600))
+        )
+
+    def _on_error_response(self, entry: TaskEntry, resp: Response) -> None:
+        try:
+            body = resp.json()
+        except NanoBananaError:
+            body = None
+        failure_body = isinstance(body, dict) and ("error" in body or "error_type" in body)
+        if failure_body and resp.status not in (401, 403, 429) and resp.status < 500:
+            self._on_status(entry, parse_status(body))
+            return
+        error = error_from_response(resp.status, resp.headers, resp.body)
+        if resp.status in (400, 405, 409) and not entry.use_status_route:
+            # A server that does not answer 202 on the response route while running:
+            # fall back to polling the status route for this task.
+            logger.debug("response route answered %d; polling status instead", resp.status)
+            entry.use_status_route = True
+            self._schedule(entry, self._clock())
+            return
+        raise error
+
+    def _on_status(self, entry: TaskEntry, status: TaskStatus) -> None:
+        entry.errors = 0
+        now = self._clock()
+        if status.state is TaskState.IN_PROGRESS and entry.started_at is None:
+            entry.started_at = now
+        entry.state = status.state
+        entry.queue_position = status.queue_position
+        if status.state is TaskState.FAILED:
+            self.finish(entry, _task_error(TaskFailedError, entry, status))
+        elif status.state is TaskState.CANCELLED:
+            self.finish(entry, _task_error(TaskCancelledError, entry, status))
+        elif status.state is TaskState.SUCCEEDED:
+            entry.use_status_route = False
+            self._schedule(entry, now)
+        else:
+            self._schedule(entry, now + self.policy.interval(entry.polls, self._rng))
+
+    def _on_error(self, entry: TaskEntry, error: NanoBananaError) -> None:
+        if isinstance(error, _FINAL_ERRORS) or entry.outcome is not None:
+            if isinstance(error, NotFoundError):
+                error = NotFoundError(
+                    f"task {entry.request_id} not found (unknown id, or its result expired)",
+                    status_code=404,
+                    request_id=entry.request_id,
+                )
+            self.finish(entry, error)
+            return
+        entry.errors += 1
+        if entry.errors >= self.policy.max_errors:
+            self.finish(entry, error)
+            return
+        wait = getattr(error, "retry_after", None)
+        if not isinstance(error, (RateLimitError, ServerError)) or wait is None:
+            wait = self._transport.retry.backoff(entry.errors, self._rng)
+        logger.debug("poll of %s failed (%s); next in %.2f s", entry.request_id, error, wait)
+        self._schedule(
+            entry, self._clock() + max(wait, self.policy.interval(entry.polls, self._rng))
+        )
+
+
+def _task_error(
+    cls: type[TaskFailedError | TaskCancelledError], entry: TaskEntry, status: TaskStatus
+) -> NanoBananaError:
+    message = status.error_message or ("cancelled" if cls is TaskCancelledError else "task failed")
+    return cls(message, request_id=entry.request_id, error_type=status.error_type)
+
+
+def unwrap(entry: TaskEntry) -> GenerationResult:
+    """The entry's result, or raise its error."""
+    outcome = entry.outcome
+    if isinstance(outcome, GenerationResult):
+        return outcome
+    if isinstance(outcome, BaseException):
+        raise outcome
+    raise RuntimeError(f"task {entry.request_id} has no outcome yet")
