@@ -183,7 +183,8 @@ class Client:
     async def aclose(self, *, detach: bool = False) -> None:
         """Close the client: cancel waited-on tasks remotely (unless ``detach``), stop polling.
 
-        Idempotent. Call it from the task that opened the client (as ``async with`` does).
+        Idempotent. Call it from the task and scope that opened the client, as ``async with``
+        and lifespan hooks (FastAPI ``lifespan``, aiohttp ``cleanup_ctx``) do.
         """
         if self._state is not _State.OPEN:
             self._state = _State.CLOSED
@@ -260,6 +261,7 @@ class Client:
         cancel_on_abandon: bool | None = None,
     ) -> GenerationResult:
         """Submit a task and wait for its result (cancelled remotely if abandoned)."""
+        _check_timeout(timeout)
         job = await self.submit(request)
         return await job.result(timeout=timeout, cancel_on_abandon=cancel_on_abandon)
 
@@ -292,8 +294,7 @@ class Client:
     async def _wait(
         self, ticket: Ticket, *, timeout: float | None, cancel_on_abandon: bool | None
     ) -> GenerationResult:
-        if timeout is not None and not timeout > 0:
-            raise ValidationError("timeout", timeout, "must be > 0 seconds or None")
+        _check_timeout(timeout)
         scheduler = self._require_open()
         entry = scheduler.watch(ticket)
         abandon = self.cancel_on_abandon if cancel_on_abandon is None else cancel_on_abandon
@@ -314,3 +315,8 @@ def _as_request(request: object) -> GenerationRequest:
     if isinstance(request, str):
         return GenerationRequest(request)
     raise ValidationError("request", request, "must be a GenerationRequest or a prompt string")
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout > 0:
+        raise ValidationError("timeout", timeout, "must be > 0 seconds or None")
