@@ -20,7 +20,7 @@ def test_backoff_is_capped_full_jitter() -> None:
     rng = random.Random(1)
     for n, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0)]:
         draws = [policy.backoff(n, rng) for _ in range(200)]
-        assert 0 <= min(draws) and max(draws) <= ceiling
+        assert min(draws) >= 0 and max(draws) <= ceiling
         assert max(draws) > 0.8 * ceiling  # full jitter spans the whole range
 
 
