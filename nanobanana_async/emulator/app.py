@@ -1,0 +1,316 @@
+"""The HTTP face of the emulator: API routes with auth, rate limit and faults; the CDN origin.
+
+Result route of a task that stopped without success (a task fault or a cancellation): HTTP 400 with
+`{"request_id", "status": "COMPLETED", "error", "error_type"}`; API.md leaves this undocumented and
+tells clients to treat any body carrying `error`/`error_type` as the failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from typing import Any
+
+from aiohttp import web
+
+from . import wire
+from .config import EmulatorConfig
+from .engine import Engine, Task
+from .gate import FaultPicker, TokenBuckets
+from .images import ImageStore, dimensions, image_key
+from .stats import EmulatorStats
+from .validate import validate_create
+
+__all__ = ["Service"]
+
+_JSON = "application/json"
+_CHUNK = 64 * 1024
+_ERROR_FAULTS = {"error_500": 500, "error_502": 502, "error_503": 503, "error_504": 504}
+_ERROR_TEXT = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_CREDITS_BODY = {
+    "status": {"code": 402, "message": "Insufficient credits", "error_code": 40201},
+    "data": None,
+}
+
+
+def _dump(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class Service:
+    """Request handlers over one engine; `config` is swapped in place by `Emulator.reconfigure`."""
+
+    def __init__(self, config: EmulatorConfig, stats: EmulatorStats) -> None:
+        self.config = config
+        self.stats = stats
+        self.engine = Engine(config, stats)
+        self.engine.on_complete = self._on_complete
+        self.images = ImageStore()
+        self.base_url = ""
+        self.cdn_url = ""
+        self._buckets = TokenBuckets()
+        self._faults = FaultPicker(config.seed)
+        self._reply_counter = 0
+        self._auth_ok = self._auth_values(config.api_key)
+
+    def reconfigure(self, config: EmulatorConfig) -> None:
+        """Adopt a new configuration for every later request."""
+        self.config = config
+        self._auth_ok = self._auth_values(config.api_key)
+        self.engine.reconfigure(config)
+
+    @staticmethod
+    def _auth_values(key: str) -> frozenset[str]:
+        return frozenset({f"Bearer {key}", f"Key {key}"})
+
+    # -- applications ----------------------------------------------------------------------------
+
+    def api_app(self) -> web.Application:
+        """The API origin: queue routes under /model plus the unauthenticated /_emulator/stats."""
+        app = web.Application()
+        q = "/model/v1/queue/{model}"
+        # The router tries resources in order: the hot polling route goes first.
+        app.router.add_get(q + "/requests/{rid}/status", self.status)
+        app.router.add_post(q, self.create)
+        app.router.add_get(q + "/requests/{rid}/response", self.result)
+        app.router.add_put(q + "/requests/{rid}/cancel", self.cancel)
+        app.router.add_get("/_emulator/stats", self.stats_route)
+        return app
+
+    def cdn_app(self) -> web.Application:
+        """The CDN origin serving output files without (and refusing) authorization."""
+        app = web.Application()
+        app.router.add_get("/files/{rid}/{name}", self.cdn_file)
+        return app
+
+    # -- shared preamble -------------------------------------------------------------------------
+
+    def _reply(self, status: int, body: Any, rid: str, **headers: str) -> web.Response:
+        headers["X-Request-Id"] = rid
+        headers["Content-Type"] = _JSON
+        return web.Response(status=status, body=_dump(body), headers=headers)
+
+    def _admit(
+        self, request: web.Request, route: str
+    ) -> tuple[web.Response | None, str | None, str]:
+        """Count, authenticate, rate-limit and draw a fault: (early reply, fault, reply id)."""
+        stats = self.stats
+        stats.requests += 1
+        self._reply_counter += 1
+        rid = f"req_{self.config.seed:x}_{self._reply_counter:010x}"
+        cfg = self.config
+        auth = request.headers.get("Authorization")
+        if auth not in self._auth_ok:
+            msg = "Missing Authorization header" if auth is None else "Invalid API key"
+            return self._reply(401, wire.gateway_error("UNAUTHORIZED", msg, rid), rid), None, rid
+        if cfg.rate_limit is not None:
+            wait = self._buckets.take(cfg.api_key, cfg.rate_limit, cfg.rate_burst)
+            if wait > 0:
+                return self._too_many(rid, wait), None, rid
+        fault = self._faults.pick(cfg.faults, route)
+        if fault is None:
+            return None, None, rid
+        stats.faults[fault] += 1
+        status = _ERROR_FAULTS.get(fault)
+        if status is not None:
+            body = {"detail": _ERROR_TEXT[status]}
+            if status == 503:
+                headers = _retry_headers(cfg.faults.retry_after_seconds)
+                return self._reply(status, body, rid, **headers), fault, rid
+            return self._reply(status, body, rid), fault, rid
+        if fault == "rate_limited_429":
+            return self._too_many(rid, cfg.faults.retry_after_seconds), fault, rid
+        return None, fault, rid
+
+    def _too_many(self, rid: str, wait: float) -> web.Response:
+        self.stats.rate_limited += 1
+        body = wire.gateway_error("RATE_LIMIT_EXCEEDED", "Rate limit exceeded", rid)
+        return self._reply(429, body, rid, **_retry_headers(wait))
+
+    async def _enter(
+        self, request: web.Request, route: str
+    ) -> tuple[web.StreamResponse | None, str | None, str]:
+        """Everything before the route proper: (early reply or None, fault, reply id)."""
+        early, fault, rid = self._admit(request, route)
+        if early is not None:
+            return early, fault, rid
+        if fault == "stall":
+            await asyncio.sleep(self.config.faults.stall_seconds)
+        elif fault == "reset":
+            self._drop(request)
+            return web.Response(status=500), fault, rid  # never reaches the client
+        if request.match_info["model"] not in self.config.models:
+            body = wire.detail("Model not allowed for this user")
+            return self._finish(self._reply(403, body, rid), fault), fault, rid
+        return None, fault, rid
+
+    @staticmethod
+    def _drop(request: web.Request) -> None:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+
+    def _finish(self, resp: web.Response, fault: str | None) -> web.Response:
+        if fault == "malformed_json":
+            body = resp.body
+            assert isinstance(body, bytes)
+            # A cut-off document: valid prefix, invalid JSON, honest content type.
+            resp = web.Response(
+                status=200, body=body[: max(1, len(body) // 2)], headers=resp.headers
+            )
+        return resp
+
+    def _lookup(self, request: web.Request) -> Task | None:
+        task = self.engine.get(request.match_info["rid"])
+        if task is None or task.model != request.match_info["model"]:
+            return None
+        return task
+
+    # -- API routes ------------------------------------------------------------------------------
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/queue/{model}: validate, charge a credit, enqueue."""
+        early, fault, rid = await self._enter(request, "create")
+        if early is not None:
+            return early
+        raw = await request.read()
+        params = validate_create(raw)
+        if isinstance(params, list):
+            return self._finish(self._reply(422, {"detail": params}, rid), fault)
+        if not self.engine.spend_credit():
+            self.stats.credits_rejected += 1
+            return self._finish(self._reply(402, _CREDITS_BODY, rid), fault)
+        model = request.match_info["model"]
+        task = self.engine.create(
+            model,
+            prompt=params.prompt,
+            image_size=params.image_size,
+            aspect_ratio=params.aspect_ratio,
+            modalities=params.modalities,
+        )
+        stats = self.stats
+        stats.creates += 1
+        stats.creates_by_body[hashlib.sha256(params.canonical.encode()).hexdigest()] += 1
+        if fault == "lost_create_response":
+            stats.lost_create_ids.append(task.request_id)
+            self._drop(request)
+            return web.Response(status=500)
+        position = self.engine.queue_position(task) if task.state == "IN_QUEUE" else 0
+        body = wire.create_body(task, position, self.config.variants, self.base_url)
+        return self._finish(self._reply(200, body, rid), fault)
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        """GET .../requests/{id}/status."""
+        early, fault, rid = await self._enter(request, "status")
+        if early is not None:
+            return early
+        task = self._lookup(request)
+        if task is None:
+            return self._finish(self._reply(404, wire.detail(), rid), fault)
+        self.stats.status_polls[task.request_id] += 1
+        v = self.config.variants
+        body = wire.status_body(task, self.engine, v, self.base_url)
+        code = 202 if v.status_202 and not task.done else 200
+        return self._finish(self._reply(code, body, rid), fault)
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        """GET .../requests/{id}/response: 202 while pending, 200 outputs, 400 failure."""
+        early, fault, rid = await self._enter(request, "result")
+        if early is not None:
+            return early
+        task = self._lookup(request)
+        if task is None:
+            return self._finish(self._reply(404, wire.detail(), rid), fault)
+        self.stats.result_polls[task.request_id] += 1
+        v = self.config.variants
+        if not task.done:
+            body = wire.status_body(task, self.engine, v, self.base_url)
+            code = 200 if v.no_202_result else 202
+            return self._finish(self._reply(code, body, rid), fault)
+        if task.error_type is not None:
+            return self._finish(self._reply(400, wire.failure_body(task, v), rid), fault)
+        size = len(await self._png(task)) if "Image" in task.modalities else None
+        body = wire.success_body(task, self.cdn_url, size)
+        return self._finish(self._reply(200, body, rid), fault)
+
+    async def cancel(self, request: web.Request) -> web.StreamResponse:
+        """PUT .../requests/{id}/cancel."""
+        early, fault, rid = await self._enter(request, "cancel")
+        if early is not None:
+            return early
+        task = self._lookup(request)
+        outcome = "unknown" if task is None else self.engine.cancel(task.request_id)
+        if outcome == "accepted":
+            self.stats.cancels += 1
+            resp = self._reply(202, {"status": "CANCELLATION_REQUESTED"}, rid)
+        elif outcome == "completed":
+            resp = self._reply(400, {"status": "ALREADY_COMPLETED"}, rid)
+        else:
+            resp = self._reply(404, {"status": "NOT_FOUND"}, rid)
+        return self._finish(resp, fault)
+
+    async def stats_route(self, request: web.Request) -> web.StreamResponse:
+        """GET /_emulator/stats: the counters as JSON (`?tasks=1` adds per-task records)."""
+        body = self.stats.to_dict(tasks=request.query.get("tasks") in ("1", "true"))
+        body["queued"] = self.engine.queued
+        body["running"] = self.engine.running
+        body["credits_left"] = self.engine.credits_left
+        return web.Response(body=_dump(body), content_type=_JSON)
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def _key(self, task: Task) -> tuple[str, int, int]:
+        width, height = dimensions(task.image_size, task.aspect_ratio)
+        return image_key(task.prompt, width, height)
+
+    def _on_complete(self, task: Task) -> None:
+        # Encode at completion, in a thread, so the result route answers without waiting.
+        if task.error_type is None and "Image" in task.modalities:
+            self.images.prepare(self._key(task))
+
+    async def _png(self, task: Task) -> bytes:
+        return await self.images.get(self._key(task))
+
+    async def cdn_file(self, request: web.Request) -> web.StreamResponse:
+        """GET /files/{id}/0.png on the CDN origin; 400 if an Authorization header came along."""
+        self.stats.cdn_requests += 1
+        if "Authorization" in request.headers:
+            self.stats.cdn_auth_rejected += 1
+            body = {"detail": "Authorization header not allowed"}
+            return web.Response(status=400, body=_dump(body), content_type=_JSON)
+        task = self.engine.get(request.match_info["rid"])
+        ok = (
+            task is not None
+            and task.done
+            and task.error_type is None
+            and "Image" in task.modalities
+            and request.match_info["name"] == "0.png"
+        )
+        if task is None or not ok:
+            return web.Response(
+                status=404, body=_dump(wire.detail("Not found")), content_type=_JSON
+            )
+        data = await self._png(task)
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        view = memoryview(data)
+        for start in range(0, len(data), _CHUNK):
+            await resp.write(view[start : start + _CHUNK])
+        await resp.write_eof()
+        return resp
+
+
+def _retry_headers(wait: float) -> dict[str, str]:
+    """``Retry-After`` in whole seconds as HTTP has it, plus the exact wait as ``retry-after-ms``."""
+    return {
+        "Retry-After": str(max(1, math.ceil(wait))),
+        "retry-after-ms": str(max(1, round(wait * 1000))),
+    }
