@@ -16,6 +16,7 @@ import anyio
 import attrs
 
 from ._config import Limits, Timeout
+from ._ratelimit import AdaptiveRateLimiter
 from ._version import __version__
 from .errors import (
     APIStatusError,
@@ -27,6 +28,7 @@ from .errors import (
     TimeoutError,
     TransportError,
     error_from_response,
+    parse_retry_after,
 )
 from .retry import RetryPolicy, may_retry_create
 
@@ -87,6 +89,7 @@ class Transport:
         limits: Limits,
         hooks: Sequence[Callable[[HttpEvent], None]] = (),
         rng: random.Random | None = None,
+        max_rate: float | None = None,
     ) -> None:
         self._auth = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
@@ -102,6 +105,8 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self.requests_sent = 0
         self.rate_limited = 0
+        # One pacer for every request of the client: creates and polls share the account's limit.
+        self.pacer = AdaptiveRateLimiter(max_rate=max_rate)
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url!r} model={self.model!r}>"
@@ -232,6 +237,9 @@ class Transport:
         if self.is_api_origin(url):
             headers["Authorization"] = self._auth
         path = urlsplit(url).path
+        api = "Authorization" in headers
+        if api:
+            await self.pacer.acquire()
         started = time.monotonic()
         status: int | None = None
         error_text: str | None = None
@@ -241,6 +249,11 @@ class Transport:
                 method, url, json=json_body, headers=headers, allow_redirects=False
             ) as resp:
                 status = resp.status
+                if api:
+                    if status == 429:
+                        self.pacer.on_throttle(parse_retry_after(resp.headers))
+                    else:
+                        self.pacer.on_success()
                 body = await _read_capped(resp, self.limits.max_response_bytes)
                 return Response(status, dict(resp.headers), body)
         except NanoBananaError as exc:

@@ -6,7 +6,7 @@ import enum
 import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -16,19 +16,27 @@ import anyio
 import anyio.abc
 import attrs
 
+from ._batch import BatchEvent, BatchStream, Outcome, RequestSource
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, Timeout
 from ._transport import HttpEvent, Transport
 from ._wire import encode_request, parse_status, parse_ticket
-from .errors import ClientStateError, ProtocolError, SubmissionUnknownError, ValidationError
+from .errors import (
+    ClientStateError,
+    NanoBananaError,
+    ProtocolError,
+    SubmissionUnknownError,
+    ValidationError,
+)
 from .jobs import Job
 from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scheduler import PollPolicy, PollScheduler
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "Client", "ClientStats"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MODEL", "Client", "ClientStats"]
 
 DEFAULT_BASE_URL = "https://cloud.seaart.ai/model"
 DEFAULT_MODEL = "nano_banana_pro"
+DEFAULT_MAX_IN_FLIGHT = 64
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -42,11 +50,21 @@ class _State(enum.Enum):
 class ClientStats:
     """Counters of one client since it was opened."""
 
+    submitted: int
+    in_flight: int
+    succeeded: int
+    failed: int
     requests_sent: int
     rate_limited: int
     polls_sent: int
     watching: int
     finished: int
+    send_rate: float | None
+
+    @property
+    def polls_per_task(self) -> float | None:
+        """Polls sent per task the scheduler saw finish."""
+        return self.polls_sent / self.finished if self.finished else None
 
 
 def _resolve_key(api_key: str | None, api_key_file: str | os.PathLike[str] | None) -> str:
@@ -127,6 +145,8 @@ class Client:
         self._state = _State.UNOPENED
         self._stack: AsyncExitStack | None = None
         self._scheduler: PollScheduler | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._counters = {"submitted": 0, "succeeded": 0, "failed": 0}
         self._create_limiter = anyio.CapacityLimiter(limits.max_concurrent_creates)
 
     def __repr__(self) -> str:
@@ -165,6 +185,7 @@ class Client:
             )
             await tg.start(self._scheduler.run)
             stack.callback(tg.cancel_scope.cancel)
+            self._tg = tg
         except BaseException:
             await stack.aclose()
             raise
@@ -224,7 +245,13 @@ class Client:
     def stats(self) -> ClientStats:
         """Counters: requests sent, 429s received, polls, tasks watched and finished."""
         s = self._scheduler
+        c = self._counters
         return ClientStats(
+            submitted=c["submitted"],
+            in_flight=s.watching if s else 0,
+            succeeded=c["succeeded"],
+            failed=c["failed"],
+            send_rate=self._transport.pacer.rate,
             requests_sent=self._transport.requests_sent,
             rate_limited=self._transport.rate_limited,
             polls_sent=s.polls_sent if s else 0,
@@ -240,17 +267,8 @@ class Client:
         """Create a task and return its ``Job`` (the create is never retried ambiguously)."""
         request = _as_request(request)
         self._require_open()
-        body = encode_request(request)
         async with self._create_limiter:
-            resp = await self._transport.request(
-                "POST", self._transport.create_url, kind="create", json_body=body, retry=retry
-            )
-        try:
-            ticket = parse_ticket(resp.json())
-        except ProtocolError as exc:
-            raise SubmissionUnknownError(
-                f"create answered {resp.status} with an unreadable body", request_body=body
-            ) from exc
+            ticket = await self._create(request, retry)
         return Job(self, ticket)
 
     async def generate(
@@ -283,7 +301,89 @@ class Client:
         """Ask the service to cancel a task, by id; False if it had already finished."""
         return await self.job(request_id).cancel()
 
-    # -- used by Job ------------------------------------------------------------------------
+    # -- many tasks -------------------------------------------------------------------------
+
+    def stream(
+        self,
+        requests: RequestSource,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        submit_rate: float | None = None,
+        cancel_on_abandon: bool | None = None,
+        on_event: Callable[[BatchEvent], None] | None = None,
+    ) -> BatchStream:
+        """Submit many tasks and yield each ``Outcome`` as its task finishes.
+
+        ``requests`` is any iterable or async iterable of ``GenerationRequest`` or prompt
+        strings, read lazily: the next input is read only when fewer than ``max_in_flight``
+        tasks are submitted and not yet consumed. ``submit_rate`` caps creates per second.
+        One item's failure is that item's outcome; the others go on. Leaving the loop early
+        (``break``, cancellation) stops submitting and cancels the tasks still running
+        (unless ``cancel_on_abandon=False``); ``async with client.stream(...) as s`` makes
+        that cleanup deterministic.
+        """
+        self._require_open()
+        return BatchStream(
+            self,
+            requests,
+            max_in_flight=max_in_flight,
+            submit_rate=submit_rate,
+            cancel_on_abandon=self.cancel_on_abandon
+            if cancel_on_abandon is None
+            else cancel_on_abandon,
+            on_event=on_event,
+        )
+
+    async def map(
+        self,
+        requests: RequestSource,
+        *,
+        return_exceptions: bool = False,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        submit_rate: float | None = None,
+        on_event: Callable[[BatchEvent], None] | None = None,
+    ) -> list[GenerationResult | NanoBananaError]:
+        """Run every request and return the results in input order.
+
+        With ``return_exceptions=False`` the first failure is raised, and the tasks still
+        running are cancelled; with ``True`` each failed item's error takes its place.
+        """
+        found: dict[int, GenerationResult | NanoBananaError] = {}
+        async with self.stream(
+            requests, max_in_flight=max_in_flight, submit_rate=submit_rate, on_event=on_event
+        ) as outcomes:
+            async for outcome in outcomes:
+                if outcome.error is not None and not return_exceptions:
+                    raise outcome.error
+                found[outcome.index] = outcome.result or outcome.error  # type: ignore[assignment]
+        return [found[i] for i in range(len(found))]
+
+    # -- used by Job and the batch engine ----------------------------------------------------
+
+    def _spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._tg is None or self._state is not _State.OPEN:
+            raise ClientStateError("the Client is closed")
+        self._tg.start_soon(func)
+
+    def _coerce(self, request: object) -> GenerationRequest:
+        return _as_request(request)
+
+    async def _create(self, request: GenerationRequest, retry: RetryPolicy | None = None) -> Ticket:
+        body = encode_request(request)
+        resp = await self._transport.request(
+            "POST", self._transport.create_url, kind="create", json_body=body, retry=retry
+        )
+        try:
+            ticket = parse_ticket(resp.json())
+        except ProtocolError as exc:
+            raise SubmissionUnknownError(
+                f"create answered {resp.status} with an unreadable body", request_body=body
+            ) from exc
+        self._counters["submitted"] += 1
+        return ticket
+
+    def _count_outcome(self, outcome: Outcome) -> None:
+        self._counters["succeeded" if outcome.ok else "failed"] += 1
 
     async def _fetch_status(self, ticket: Ticket) -> TaskStatus:
         self._require_open()

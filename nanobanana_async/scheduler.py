@@ -46,6 +46,7 @@ __all__ = ["PollPolicy", "PollScheduler", "TaskEntry"]
 logger = logging.getLogger("nanobanana_async")
 Clock = Callable[[], float]
 Listener = Callable[["TaskEntry"], None]
+Observer = Callable[["TaskEntry", TaskStatus], None]
 _FINAL_ERRORS = (
     AuthenticationError,
     PermissionDeniedError,
@@ -103,6 +104,7 @@ class TaskEntry:
     waiters: int = 0
     event: anyio.Event | None = None
     listeners: list[Listener] = attrs.field(factory=list)
+    observers: list[Observer] = attrs.field(factory=list)
     use_status_route: bool = False
 
     @property
@@ -197,6 +199,7 @@ class PollScheduler:
         for listener in entry.listeners:
             listener(entry)
         entry.listeners.clear()
+        entry.observers.clear()
 
     # -- waiting ----------------------------------------------------------------------------
 
@@ -335,8 +338,12 @@ class PollScheduler:
         now = self._clock()
         if status.state is TaskState.IN_PROGRESS and entry.started_at is None:
             entry.started_at = now
+        changed = status.state is not entry.state or status.queue_position != entry.queue_position
         entry.state = status.state
         entry.queue_position = status.queue_position
+        if changed or entry.polls == 1:
+            for observer in entry.observers:
+                observer(entry, status)
         if status.state is TaskState.FAILED:
             self.finish(entry, _task_error(TaskFailedError, entry, status))
         elif status.state is TaskState.CANCELLED:

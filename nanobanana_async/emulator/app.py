@@ -309,7 +309,7 @@ class Service:
 
 
 def _retry_headers(wait: float) -> dict[str, str]:
-    """``Retry-After`` in whole seconds as HTTP has it, plus the exact wait as ``retry-after-ms``."""
+    """``Retry-After`` in whole seconds (as HTTP has it) plus the exact ``retry-after-ms``."""
     return {
         "Retry-After": str(max(1, math.ceil(wait))),
         "retry-after-ms": str(max(1, round(wait * 1000))),
