@@ -2,6 +2,7 @@
 
 import contextlib
 
+from ._batch import BatchEvent, BatchStream, EventKind, Outcome
 from ._config import Limits, Timeout
 from ._transport import HttpEvent
 from ._version import __version__
@@ -45,6 +46,10 @@ from .retry import RetryPolicy
 from .scheduler import PollPolicy
 
 __all__ = [
+    "BatchEvent",
+    "BatchStream",
+    "EventKind",
+    "Outcome",
     "Client",
     "ClientStats",
     "HttpEvent",

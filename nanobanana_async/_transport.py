@@ -23,7 +23,6 @@ from .errors import (
     ConnectError,
     NanoBananaError,
     ProtocolError,
-    RateLimitError,
     SubmissionUnknownError,
     TimeoutError,
     TransportError,
@@ -212,8 +211,6 @@ class Transport:
                 raise error_from_response(response.status, response.headers, response.body)
             except NanoBananaError as exc:
                 error: NanoBananaError = exc
-                if isinstance(exc, RateLimitError):
-                    self.rate_limited += 1
             if kind == "create":
                 if not may_retry_create(error):
                     raise _as_create_error(error, json_body)
@@ -251,6 +248,7 @@ class Transport:
                 status = resp.status
                 if api:
                     if status == 429:
+                        self.rate_limited += 1
                         self.pacer.on_throttle(parse_retry_after(resp.headers))
                     else:
                         self.pacer.on_success()

@@ -22,6 +22,8 @@ import anyio
 import anyio.abc
 import attrs
 
+from ._adaptive import CompletionModel
+from ._ratelimit import AdaptiveRateLimiter
 from ._transport import Response, Transport
 from ._wire import parse_response, parse_status
 from .errors import (
@@ -47,6 +49,9 @@ logger = logging.getLogger("nanobanana_async")
 Clock = Callable[[], float]
 Listener = Callable[["TaskEntry"], None]
 Observer = Callable[["TaskEntry", TaskStatus], None]
+# Under a poll budget, rank this many due tasks at a time and poll the best few of them.
+_PRIORITY_WINDOW = 256
+_PRIORITY_BATCH = 16
 _FINAL_ERRORS = (
     AuthenticationError,
     PermissionDeniedError,
@@ -55,31 +60,43 @@ _FINAL_ERRORS = (
 )
 
 
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"PollPolicy.{attribute.name} must be > 0 or None, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class PollPolicy:
-    """When to poll a task: a first delay, then intervals growing by ``factor`` up to a cap.
+    """When to poll a task.
 
-    Interval n (0-based) is ``min(max_interval, initial_delay * factor**n)``, scaled by a random
-    factor in ``[1 - jitter, 1 + jitter]`` so that tasks submitted together do not poll together.
-    After ``max_errors`` failed polls in a row the task fails with the last error.
+    Until ``min_samples`` tasks have finished, polls follow a backoff: interval n (0-based) is
+    ``min(max_interval, initial_delay * factor**n)``, jittered by ``±jitter``. From then on, if
+    ``target_delay`` is set, polls follow Keller's inspection schedule for the completion times
+    learned online: poll density ∝ √hazard, scaled so that a finished task is seen about
+    ``target_delay`` seconds after it finished on average (smaller = more requests), each gap
+    clamped to ``[min_interval, max_interval]``. ``max_polls_per_second`` is a global poll
+    budget: when more polls are due than it allows, the tasks most likely to have finished go
+    first. After ``max_errors`` failed polls in a row a task fails with the last error.
     """
 
     initial_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     factor: float = attrs.field(default=1.5, validator=attrs.validators.ge(1))
     max_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    min_interval: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
     jitter: float = attrs.field(
         default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
     )
+    target_delay: float | None = attrs.field(default=1.0, validator=_positive_or_none)
+    min_samples: int = attrs.field(default=20, validator=attrs.validators.ge(2))
+    max_polls_per_second: float | None = attrs.field(default=None, validator=_positive_or_none)
     max_errors: int = attrs.field(default=10, validator=attrs.validators.ge(1))
 
     def interval(self, poll_number: int, rng: random.Random | None = None) -> float:
-        """Seconds from poll ``poll_number`` (0 = submit) to the next poll."""
-        base = (
-            self.initial_delay
-            if poll_number == 0
-            else self.initial_delay * self.factor**poll_number
-        )
-        base = min(self.max_interval, base) if poll_number else base
+        """Backoff: seconds from poll ``poll_number`` (0 = submit) to the next poll."""
+        if poll_number == 0:
+            base = self.initial_delay
+        else:
+            base = min(self.max_interval, self.initial_delay * self.factor**poll_number)
         if self.jitter:
             base *= (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
         return base
@@ -99,6 +116,8 @@ class TaskEntry:
     state: TaskState = TaskState.IN_QUEUE
     queue_position: int | None = None
     started_at: float | None = None
+    last_poll_at: float | None = None
+    last_pending_at: float | None = None
     finished_at: float | None = None
     outcome: GenerationResult | NanoBananaError | None = None
     waiters: int = 0
@@ -135,6 +154,13 @@ class PollScheduler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._limiter = anyio.CapacityLimiter(max_concurrent_polls)
+        self.model = CompletionModel(min_samples=policy.min_samples)
+        self._k: float | None = None
+        self._budget = (
+            AdaptiveRateLimiter(max_rate=policy.max_polls_per_second)
+            if policy.max_polls_per_second
+            else None
+        )
         self._heap: list[tuple[float, int, int, TaskEntry]] = []
         self._seq = itertools.count()
         self._entries: dict[str, TaskEntry] = {}
@@ -170,8 +196,37 @@ class PollScheduler:
         entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
         entry.queue_position = ticket.queue_position
         self._entries[ticket.request_id] = entry
-        self._schedule(entry, entry.submitted_at + self.policy.interval(0, self._rng))
+        self._schedule(entry, self._next_due(entry, entry.submitted_at))
         return entry
+
+    def _next_due(self, entry: TaskEntry, now: float) -> float:
+        """When to poll next: the learned √hazard schedule once ready, else the backoff."""
+        policy = self.policy
+        if policy.target_delay is not None and self.model.ready:
+            if self._k is None:
+                self._k = self.model.k_for_target_delay(policy.target_delay)
+            elapsed = now - entry.submitted_at
+            offset = self.model.next_poll(
+                elapsed,
+                k=self._k,
+                min_interval=policy.min_interval,
+                max_interval=policy.max_interval,
+            )
+            return entry.submitted_at + offset
+        return now + policy.interval(entry.polls, self._rng)
+
+    def _learn(self, entry: TaskEntry) -> None:
+        """Feed a finished task's completion time (midpoint of its last two polls) to the model."""
+        if entry.finished_at is None:
+            return
+        last_pending = (
+            entry.last_pending_at if entry.last_pending_at is not None else entry.submitted_at
+        )
+        completed = (last_pending + entry.finished_at) / 2
+        before = self.model.samples
+        self.model.observe(completed - entry.submitted_at)
+        if self.model.samples != before and self.model.samples % 20 == 0:
+            self._k = None  # refit: recompute K for the target delay
 
     def _schedule(self, entry: TaskEntry, due: float) -> None:
         entry.generation += 1
@@ -192,7 +247,7 @@ class PollScheduler:
             return
         self.drop(entry)
         entry.outcome = outcome
-        entry.finished_at = self._clock()
+        entry.finished_at = entry.last_poll_at or self._clock()
         self.finished += 1
         if entry.event is not None:
             entry.event.set()
@@ -257,16 +312,41 @@ class PollScheduler:
             while True:
                 now = self._clock()
                 while self._heap and self._heap[0][0] <= now:
-                    _, _, generation, entry = heapq.heappop(self._heap)
-                    if generation != entry.generation or entry.outcome is not None:
-                        continue
-                    await self._limiter.acquire_on_behalf_of(entry)
-                    tg.start_soon(self._poll, entry)
+                    for entry in self._take_due(now):
+                        if self._budget is not None:
+                            await self._budget.acquire()
+                        await self._limiter.acquire_on_behalf_of(entry)
+                        tg.start_soon(self._poll, entry)
                     now = self._clock()
                 delay = self._heap[0][0] - now if self._heap else math.inf
                 self._wakeup = anyio.Event()
                 with anyio.move_on_after(delay):
                     await self._wakeup.wait()
+
+    def _take_due(self, now: float) -> list[TaskEntry]:
+        """The next due entries to poll: the earliest, or under a budget the likeliest done."""
+        due: list[TaskEntry] = []
+        limit = 1 if self._budget is None else _PRIORITY_WINDOW
+        while self._heap and self._heap[0][0] <= now and len(due) < limit:
+            _, _, generation, entry = heapq.heappop(self._heap)
+            if generation == entry.generation and entry.outcome is None:
+                due.append(entry)
+        if len(due) <= _PRIORITY_BATCH:
+            return due
+        due.sort(key=lambda e: self._priority(e, now), reverse=True)
+        for entry in due[_PRIORITY_BATCH:]:
+            heapq.heappush(self._heap, (entry.due, next(self._seq), entry.generation, entry))
+        return due[:_PRIORITY_BATCH]
+
+    def _priority(self, entry: TaskEntry, now: float) -> float:
+        """P(finished since the last poll); overdue tasks rise so none starves."""
+        last = (entry.last_poll_at or entry.submitted_at) - entry.submitted_at
+        elapsed = now - entry.submitted_at
+        if now - entry.due > self.policy.max_interval:
+            return 1.0
+        if self.model.ready:
+            return self.model.completion_probability(last, elapsed)
+        return min(1.0, (elapsed - last) / max(elapsed, 1e-9))
 
     def close(self, reason: str = "the client was closed") -> None:
         """Fail every pending task with ``ClientStateError`` (their waiters wake up)."""
@@ -286,6 +366,8 @@ class PollScheduler:
     async def _poll_once(self, entry: TaskEntry) -> None:
         entry.polls += 1
         self.polls_sent += 1
+        # The time the request left: what a detection delay is measured from.
+        entry.last_poll_at = self._clock()
         if entry.use_status_route:
             url = self._transport.task_url(entry.request_id, "status", entry.ticket.status_url)
             status = parse_status((await self._get(url, "status")).json())
@@ -306,6 +388,7 @@ class PollScheduler:
                 parsed = attrs.evolve(parsed, request_id=entry.request_id)
             entry.state = TaskState.SUCCEEDED
             self.finish(entry, parsed)
+            self._learn(entry)
         else:
             self._on_status(entry, parsed)
 
@@ -352,7 +435,8 @@ class PollScheduler:
             entry.use_status_route = False
             self._schedule(entry, now)
         else:
-            self._schedule(entry, now + self.policy.interval(entry.polls, self._rng))
+            entry.last_pending_at = entry.last_poll_at
+            self._schedule(entry, self._next_due(entry, now))
 
     def _on_error(self, entry: TaskEntry, error: NanoBananaError) -> None:
         if isinstance(error, _FINAL_ERRORS) or entry.outcome is not None:

@@ -1,0 +1,375 @@
+"""The batch engine behind ``Client.stream`` and ``Client.map``.
+
+Inputs are read lazily, one only when an in-flight slot is free (backpressure), submitted under
+the submit rate and the client's bound on concurrent creates, then handed to the client's poll
+scheduler as entries with a completion listener: no coroutine per task once it is submitted. An
+item's slot is released when the consumer takes its outcome, so the outcome buffer never holds
+more than ``max_in_flight`` items. Abandoning the stream (``break``, cancellation, ``aclose``)
+stops reading input, lets creates already on the wire finish (their ids must not be lost), and
+cancels the remote tasks still running, per ``cancel_on_abandon``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import anyio
+import anyio.abc
+import attrs
+
+from ._ratelimit import AdaptiveRateLimiter
+from .errors import NanoBananaError, ValidationError
+from .models import GenerationRequest, GenerationResult, TaskState, TaskStatus
+from .scheduler import TaskEntry
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["BatchEvent", "BatchStream", "EventKind", "Outcome", "RequestSource"]
+
+logger = logging.getLogger("nanobanana_async")
+RequestLike: TypeAlias = "GenerationRequest | str"
+RequestSource: TypeAlias = (
+    "Iterable[GenerationRequest | str] | AsyncIterable[GenerationRequest | str]"
+)
+
+
+@attrs.frozen
+class Outcome:
+    """How one input item ended: its result, or the error that stopped it."""
+
+    index: int
+    request: GenerationRequest | None
+    request_id: str | None = None
+    result: GenerationResult | None = None
+    error: NanoBananaError | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the item produced a result."""
+        return self.result is not None
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from submit to the moment the SDK saw the task finish."""
+        if self.submitted_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.submitted_at
+
+    def unwrap(self) -> GenerationResult:
+        """The result, or raise the item's error."""
+        if self.result is not None:
+            return self.result
+        assert self.error is not None
+        raise self.error
+
+
+class EventKind(str, enum.Enum):
+    """What a ``BatchEvent`` reports."""
+
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class BatchEvent:
+    """A progress event of one item of a batch (cheap: emitted synchronously)."""
+
+    kind: EventKind
+    index: int
+    request_id: str | None = None
+    queue_position: int | None = None
+    error: NanoBananaError | None = None
+
+
+@attrs.define(eq=False)
+class _Item:
+    index: int
+    request: GenerationRequest | None = None
+    request_id: str | None = None
+    submitted_at: float | None = None
+    entry: TaskEntry | None = None
+    delivered: bool = False
+
+
+class BatchStream:
+    """Async iterator over outcomes in completion order (``async with`` closes it at once).
+
+    A thin handle over the engine that runs in the client's task group: the engine holds no
+    reference back to it, so a ``break`` out of ``async for`` frees the handle, and freeing it
+    abandons the batch.
+    """
+
+    def __init__(self, client: Client, source: RequestSource, **options: Any) -> None:
+        self._engine = _Engine(client, source, **options)
+
+    def __repr__(self) -> str:
+        return repr(self._engine)
+
+    def __aiter__(self) -> AsyncIterator[Outcome]:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        return await self._engine.next_outcome()
+
+    def abandon(self) -> None:
+        """Stop submitting and cancel the remote tasks still running (without waiting)."""
+        self._engine.abandon()
+
+    async def aclose(self) -> None:
+        """Abandon the batch and wait until its cleanup (remote cancels) is done."""
+        await self._engine.aclose()
+
+    async def __aenter__(self) -> BatchStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None and engine.running:
+            with contextlib.suppress(RuntimeError):  # the event loop is already gone
+                engine.abandon()
+
+
+class _Engine:
+    """Feeds inputs, submits them, and turns scheduler completions into outcomes."""
+
+    def __init__(
+        self,
+        client: Client,
+        source: RequestSource,
+        *,
+        max_in_flight: int,
+        submit_rate: float | None,
+        cancel_on_abandon: bool,
+        on_event: Callable[[BatchEvent], None] | None,
+    ) -> None:
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValidationError("max_in_flight", max_in_flight, "must be an integer >= 1")
+        if submit_rate is not None and not submit_rate > 0:
+            raise ValidationError("submit_rate", submit_rate, "must be > 0 creates/s or None")
+        if not isinstance(source, (Iterable, AsyncIterable)) or isinstance(source, (str, bytes)):
+            raise ValidationError("requests", source, "must be an iterable of requests or prompts")
+        self._client = client
+        self._source = source
+        self._cancel_on_abandon = cancel_on_abandon
+        self._on_event = on_event
+        self._slots = anyio.CapacityLimiter(max_in_flight)
+        self._pacer = AdaptiveRateLimiter(max_rate=submit_rate) if submit_rate else None
+        self._send, self._receive = anyio.create_memory_object_stream[Outcome](max_in_flight)
+        self._items: dict[int, _Item] = {}
+        self._scope = anyio.CancelScope()
+        self._idle = anyio.Event()
+        self._finished = anyio.Event()
+        self._feeding = True
+        self._undelivered = 0
+        self._started = False
+        self._abandoned = False
+
+    def __repr__(self) -> str:
+        return f"<BatchStream in_flight={len(self._items)} abandoned={self._abandoned}>"
+
+    @property
+    def running(self) -> bool:
+        """True between the first ``__anext__`` and the end of cleanup."""
+        return self._started and not self._finished.is_set()
+
+    async def next_outcome(self) -> Outcome:
+        """The next outcome in completion order; ``StopAsyncIteration`` at the end."""
+        if not self._started:
+            self._started = True
+            self._client._spawn(self._run)
+        try:
+            outcome = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        except BaseException:
+            self.abandon()
+            raise
+        item = self._items.pop(outcome.index)
+        self._slots.release_on_behalf_of(item)
+        return outcome
+
+    def abandon(self) -> None:
+        """Stop submitting and cancel the remote tasks still running (without waiting)."""
+        if not self._finished.is_set():
+            self._abandoned = True
+            self._scope.cancel()
+
+    async def aclose(self) -> None:
+        """Abandon the batch and wait until its cleanup is done."""
+        self.abandon()
+        if self._started:
+            await self._finished.wait()
+        self._receive.close()
+
+    # -- engine side (runs in the client's task group) -------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    await self._feed(tg)
+                    self._feeding = False
+                    if self._undelivered:
+                        await self._idle.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._cleanup()
+            self._send.close()
+            self._finished.set()
+
+    async def _feed(self, tg: anyio.abc.TaskGroup) -> None:
+        source = self._source
+        iterator = aiter(source) if isinstance(source, AsyncIterable) else _aiter_sync(source)
+        index = 0
+        while True:
+            item = _Item(index)
+            await self._slots.acquire_on_behalf_of(item)
+            try:
+                raw = await iterator.__anext__()
+            except StopAsyncIteration:
+                self._slots.release_on_behalf_of(item)
+                return
+            self._items[index] = item
+            self._undelivered += 1
+            tg.start_soon(self._submit, item, raw)
+            index += 1
+
+    async def _submit(self, item: _Item, raw: Any) -> None:
+        client = self._client
+        try:
+            item.request = client._coerce(raw)
+        except ValidationError as exc:
+            self._deliver(item, error=exc)
+            return
+        if self._pacer is not None:
+            await self._pacer.acquire()
+        try:
+            async with client._create_limiter:
+                # Once on the wire a create is seen through even if the batch is abandoned:
+                # its request id must not be lost (the task may be billed).
+                with anyio.CancelScope(shield=True):
+                    ticket = await client._create(item.request)
+        except NanoBananaError as exc:
+            self._deliver(item, error=exc)
+            return
+        item.request_id = ticket.request_id
+        item.submitted_at = anyio.current_time()
+        self._emit(EventKind.SUBMITTED, item)
+        scheduler = client._require_open()
+        entry = scheduler.watch(ticket, submitted_at=item.submitted_at)
+        item.entry = entry
+        entry.listeners.append(lambda e: self._on_done(item, e))
+        if self._on_event is not None:
+            entry.observers.append(lambda e, s: self._on_status(item, s))
+
+    def _on_status(self, item: _Item, status: TaskStatus) -> None:
+        if status.state is TaskState.IN_QUEUE:
+            self._emit(EventKind.QUEUED, item, queue_position=status.queue_position)
+        elif status.state is TaskState.IN_PROGRESS:
+            self._emit(EventKind.RUNNING, item)
+
+    def _on_done(self, item: _Item, entry: TaskEntry) -> None:
+        outcome = entry.outcome
+        if isinstance(outcome, GenerationResult):
+            self._deliver(item, result=outcome, finished_at=entry.finished_at)
+        else:
+            assert outcome is not None
+            self._deliver(item, error=outcome, finished_at=entry.finished_at)
+
+    def _deliver(
+        self,
+        item: _Item,
+        *,
+        result: GenerationResult | None = None,
+        error: NanoBananaError | None = None,
+        finished_at: float | None = None,
+    ) -> None:
+        outcome = Outcome(
+            item.index,
+            item.request,
+            item.request_id,
+            result,
+            error,
+            item.submitted_at,
+            finished_at if finished_at is not None else anyio.current_time(),
+        )
+        item.delivered = True
+        self._undelivered -= 1
+        self._client._count_outcome(outcome)
+        self._emit(
+            EventKind.SUCCEEDED if result is not None else EventKind.FAILED, item, error=error
+        )
+        try:
+            self._send.send_nowait(outcome)  # never blocks: the buffer holds max_in_flight
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            logger.debug("outcome of item %d dropped: the stream was closed", item.index)
+        if not self._feeding and not self._undelivered:
+            self._idle.set()
+
+    def _emit(
+        self,
+        kind: EventKind,
+        item: _Item,
+        *,
+        queue_position: int | None = None,
+        error: NanoBananaError | None = None,
+    ) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(BatchEvent(kind, item.index, item.request_id, queue_position, error))
+        except Exception:
+            logger.exception("on_event callback failed; events continue")
+
+    async def _cleanup(self) -> None:
+        """On abandonment, stop polling this batch's tasks and cancel them remotely."""
+        if not self._abandoned:
+            return
+        scheduler = self._client._scheduler
+        live = [
+            i.entry
+            for i in self._items.values()
+            if i.entry is not None and not i.delivered and not i.entry.done
+        ]
+        if scheduler is None or not live:
+            return
+        for entry in live:
+            entry.listeners.clear()
+            entry.observers.clear()
+            if entry.waiters == 0:
+                scheduler.drop(entry)
+        if not self._cancel_on_abandon:
+            return
+        limiter = anyio.CapacityLimiter(16)
+
+        async def cancel(entry: TaskEntry) -> None:
+            async with limiter:
+                await scheduler.cancel_remote(entry)
+
+        async with anyio.create_task_group() as tg:
+            for entry in live:
+                tg.start_soon(cancel, entry)
+
+
+async def _aiter_sync(source: Iterable[Any]) -> AsyncIterator[Any]:
+    for value in source:
+        yield value
