@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -23,8 +25,11 @@ import anyio.abc
 import attrs
 
 from ._ratelimit import AdaptiveRateLimiter
+from ._resume import Plan, ResumeBinding
+from ._wire import encode_request
 from .errors import NanoBananaError, ValidationError
-from .models import GenerationRequest, GenerationResult, TaskState, TaskStatus
+from .journal import Journal, JournalMismatchError, JournalStateError
+from .models import GenerationRequest, GenerationResult, TaskState, TaskStatus, Ticket
 from .scheduler import TaskEntry
 
 if TYPE_CHECKING:
@@ -50,6 +55,7 @@ class Outcome:
     error: NanoBananaError | None = None
     submitted_at: float | None = None
     finished_at: float | None = None
+    resumed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -160,6 +166,8 @@ class _Engine:
         submit_rate: float | None,
         cancel_on_abandon: bool,
         on_event: Callable[[BatchEvent], None] | None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        resubmit_unknown: bool = False,
     ) -> None:
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValidationError("max_in_flight", max_in_flight, "must be an integer >= 1")
@@ -182,6 +190,13 @@ class _Engine:
         self._undelivered = 0
         self._started = False
         self._abandoned = False
+        self._fatal: BaseException | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._resume = (
+            ResumeBinding(journal, resubmit_unknown=resubmit_unknown)
+            if journal is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<BatchStream in_flight={len(self._items)} abandoned={self._abandoned}>"
@@ -199,6 +214,8 @@ class _Engine:
         try:
             outcome = await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._fatal is not None:
+                raise self._fatal from None
             raise StopAsyncIteration from None
         except BaseException:
             self.abandon()
@@ -222,10 +239,23 @@ class _Engine:
 
     # -- engine side (runs in the client's task group) -------------------------------------
 
+    def _fail(self, error: BaseException) -> None:
+        """A batch-wide failure (e.g. a journal of other input): stop, then raise it."""
+        if self._fatal is None:
+            self._fatal = error
+        self.abandon()
+
     async def _run(self) -> None:
         try:
             with self._scope:
+                if self._resume is not None:
+                    try:
+                        await self._resume.start()
+                    except (OSError, ValueError, RuntimeError) as exc:
+                        self._fail(exc)
+                        return
                 async with anyio.create_task_group() as tg:
+                    self._tg = tg
                     await self._feed(tg)
                     self._feeding = False
                     if self._undelivered:
@@ -233,6 +263,8 @@ class _Engine:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
+                if self._resume is not None:
+                    await self._resume.close()
             self._send.close()
             self._finished.set()
 
@@ -256,21 +288,37 @@ class _Engine:
     async def _submit(self, item: _Item, raw: Any) -> None:
         client = self._client
         try:
-            item.request = client._coerce(raw)
+            item.request = request = client._coerce(raw)
         except ValidationError as exc:
             self._deliver(item, error=exc)
             return
-        if self._pacer is not None:
-            await self._pacer.acquire()
-        try:
-            async with client._create_limiter:
-                # Once on the wire a create is seen through even if the batch is abandoned:
-                # its request id must not be lost (the task may be billed).
-                with anyio.CancelScope(shield=True):
-                    ticket = await client._create(item.request)
-        except NanoBananaError as exc:
-            self._deliver(item, error=exc)
+        plan = Plan(create=True)
+        if self._resume is not None:
+            try:
+                plan = await self._resume.plan(item.index, encode_request(request))
+            except (JournalMismatchError, JournalStateError, OSError, sqlite3.Error) as exc:
+                self._fail(exc)
+                return
+        if plan.result is not None or plan.error is not None:
+            item.request_id = (plan.result.request_id if plan.result else None) or getattr(
+                plan.error, "request_id", None
+            )
+            self._deliver(item, result=plan.result, error=plan.error, resumed=True)
             return
+        if plan.ticket is not None:
+            ticket = plan.ticket  # submitted by an earlier run: re-attach, never create again
+        else:
+            if self._pacer is not None:
+                await self._pacer.acquire()
+            try:
+                async with client._create_limiter:
+                    # Once on the wire a create is seen through even if the batch is abandoned,
+                    # and its id recorded: the task may be billed.
+                    with anyio.CancelScope(shield=True):
+                        ticket = await self._create(item.index, request)
+            except NanoBananaError as exc:
+                self._deliver(item, error=exc)
+                return
         item.request_id = ticket.request_id
         item.submitted_at = anyio.current_time()
         self._emit(EventKind.SUBMITTED, item)
@@ -281,6 +329,17 @@ class _Engine:
         if self._on_event is not None:
             entry.observers.append(lambda e, s: self._on_status(item, s))
 
+    async def _create(self, index: int, request: GenerationRequest) -> Ticket:
+        try:
+            ticket = await self._client._create(request)
+        except NanoBananaError as exc:
+            if self._resume is not None:
+                await self._resume.create_failed(index, exc)
+            raise
+        if self._resume is not None:
+            await self._resume.created(index, ticket)
+        return ticket
+
     def _on_status(self, item: _Item, status: TaskStatus) -> None:
         if status.state is TaskState.IN_QUEUE:
             self._emit(EventKind.QUEUED, item, queue_position=status.queue_position)
@@ -289,11 +348,21 @@ class _Engine:
 
     def _on_done(self, item: _Item, entry: TaskEntry) -> None:
         outcome = entry.outcome
-        if isinstance(outcome, GenerationResult):
-            self._deliver(item, result=outcome, finished_at=entry.finished_at)
-        else:
-            assert outcome is not None
-            self._deliver(item, error=outcome, finished_at=entry.finished_at)
+        result = outcome if isinstance(outcome, GenerationResult) else None
+        error = outcome if isinstance(outcome, NanoBananaError) else None
+        self._deliver(item, result=result, error=error, finished_at=entry.finished_at)
+        if self._resume is not None and self._tg is not None:
+            self._tg.start_soon(self._record_finished, item.index, result, error)
+
+    async def _record_finished(
+        self, index: int, result: GenerationResult | None, error: NanoBananaError | None
+    ) -> None:
+        assert self._resume is not None
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._resume.finished(index, result, error)
+            except (OSError, ValueError, RuntimeError, sqlite3.Error) as exc:
+                logger.error("could not record the outcome of item %d: %s", index, exc)
 
     def _deliver(
         self,
@@ -302,6 +371,7 @@ class _Engine:
         result: GenerationResult | None = None,
         error: NanoBananaError | None = None,
         finished_at: float | None = None,
+        resumed: bool = False,
     ) -> None:
         outcome = Outcome(
             item.index,
@@ -311,6 +381,7 @@ class _Engine:
             error,
             item.submitted_at,
             finished_at if finished_at is not None else anyio.current_time(),
+            resumed,
         )
         item.delivered = True
         self._undelivered -= 1

@@ -23,6 +23,7 @@ from .errors import (
     ConnectError,
     NanoBananaError,
     ProtocolError,
+    RateLimitError,
     SubmissionUnknownError,
     TimeoutError,
     TransportError,
@@ -201,11 +202,11 @@ class Transport:
         policy: RetryPolicy,
         ok_statuses: frozenset[int],
     ) -> Response:
-        attempt = 0
+        attempt = limited = 0
         while True:
             attempt += 1
             try:
-                response = await self._send(method, url, kind, json_body, attempt)
+                response = await self._send(method, url, kind, json_body, attempt + limited)
                 if response.status < 300 or response.status in ok_statuses:
                     return response
                 raise error_from_response(response.status, response.headers, response.body)
@@ -216,7 +217,20 @@ class Transport:
                     raise _as_create_error(error, json_body)
             elif not policy.is_retryable(error):
                 raise error
-            wait = policy.delay(error, attempt, self._rng)
+            wait: float | None
+            if isinstance(error, RateLimitError) and limited < policy.max_rate_limited:
+                # Flow control, not failure: wait it out without using up an attempt.
+                attempt -= 1
+                limited += 1
+                wait = (
+                    error.retry_after
+                    if error.retry_after is not None
+                    else policy.backoff(limited, self._rng)
+                )
+                if wait > policy.max_retry_after:
+                    raise error
+            else:
+                wait = policy.delay(error, attempt, self._rng)
             if wait is None:
                 raise _as_create_error(error, json_body) if kind == "create" else error
             logger.debug("retrying %s %s in %.2f s after %s", method, kind, wait, error)

@@ -28,6 +28,7 @@ from .errors import (
     ValidationError,
 )
 from .jobs import Job
+from .journal import Journal
 from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .scheduler import PollPolicy, PollScheduler
@@ -311,6 +312,8 @@ class Client:
         submit_rate: float | None = None,
         cancel_on_abandon: bool | None = None,
         on_event: Callable[[BatchEvent], None] | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        resubmit_unknown: bool = False,
     ) -> BatchStream:
         """Submit many tasks and yield each ``Outcome`` as its task finishes.
 
@@ -320,7 +323,10 @@ class Client:
         One item's failure is that item's outcome; the others go on. Leaving the loop early
         (``break``, cancellation) stops submitting and cancels the tasks still running
         (unless ``cancel_on_abandon=False``); ``async with client.stream(...) as s`` makes
-        that cleanup deterministic.
+        that cleanup deterministic. With ``journal`` (a path or an open ``Journal``) every
+        intent, id and outcome is recorded durably, and a rerun with the same input resumes:
+        finished items are replayed, submitted ones re-attached, ambiguous ones reported
+        (created again only with ``resubmit_unknown=True``).
         """
         self._require_open()
         return BatchStream(
@@ -332,6 +338,8 @@ class Client:
             if cancel_on_abandon is None
             else cancel_on_abandon,
             on_event=on_event,
+            journal=journal,
+            resubmit_unknown=resubmit_unknown,
         )
 
     async def map(

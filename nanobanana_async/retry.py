@@ -31,6 +31,8 @@ class RetryPolicy:
     The n-th retry waits ``U(0, min(max_backoff, initial_backoff * 2**(n-1)))`` seconds, or
     what the server's ``Retry-After`` asked for. A server asking for more than ``max_retry_after``
     seconds ends the retries with the error (``RateLimitError.retry_after`` says how long).
+    429s are flow control, not failures: up to ``max_rate_limited`` of them are waited out
+    without using up ``max_attempts`` (the client's pacer slows down meanwhile).
     A create that may have been processed is never retried, whatever this policy says.
     """
 
@@ -38,6 +40,7 @@ class RetryPolicy:
     initial_backoff: float = attrs.field(default=0.5, validator=_positive)
     max_backoff: float = attrs.field(default=8.0, validator=_positive)
     max_retry_after: float = attrs.field(default=60.0, validator=_positive)
+    max_rate_limited: int = attrs.field(default=20, validator=attrs.validators.ge(0))
     retry_statuses: frozenset[int] = attrs.field(
         default=frozenset({408, 429, 500, 502, 503, 504}), converter=frozenset
     )

@@ -1,0 +1,32 @@
+"""``python -m benchmarks NAME [--quick]``: run one benchmark, or ``all`` of them in turn."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import polling, ratelimit, scale
+
+BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
+    "polling": polling.main,
+    "scale": scale.main,
+    "ratelimit": ratelimit.main,
+}
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to the named benchmark; ``all`` runs each with the same flags."""
+    if not argv or argv[0] not in {*BENCHMARKS, "all"}:
+        print(f"usage: python -m benchmarks {{{','.join([*BENCHMARKS, 'all'])}}} [--quick]")
+        return 2
+    name, rest = argv[0], argv[1:]
+    for key, run in BENCHMARKS.items():
+        if name in (key, "all"):
+            run(rest)
+            print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
