@@ -100,6 +100,8 @@ class Transport:
         self._hooks = tuple(hooks)
         self._rng = rng or random.Random()
         self._origin = origin_of(self.base_url)
+        self._api_prefix = self.base_url + "/"
+        self._api_headers = {"Accept": "application/json", "Authorization": self._auth}
         self._queue_url = f"{self.base_url}/v1/queue/{quote(model, safe='')}"
         self._warned_foreign = False
         self._session: aiohttp.ClientSession | None = None
@@ -121,7 +123,9 @@ class Transport:
             connector=connector,
             headers={"User-Agent": USER_AGENT},
             timeout=aiohttp.ClientTimeout(
-                total=None, connect=self.timeout.connect, sock_read=self.timeout.read
+                total=self.timeout.deadline,
+                connect=self.timeout.connect,
+                sock_read=self.timeout.read,
             ),
         )
 
@@ -160,6 +164,8 @@ class Transport:
 
     def is_api_origin(self, url: str) -> bool:
         """Whether ``url`` is on the configured API origin (the only one that gets the key)."""
+        if url.startswith(self._api_prefix):
+            return True  # the URLs this SDK builds itself: skip parsing on the hot path
         return origin_of(url) == self._origin
 
     # -- requests ---------------------------------------------------------------------------
@@ -180,6 +186,10 @@ class Transport:
         certainly was not processed; otherwise ``SubmissionUnknownError``.
         """
         policy = retry or self.retry
+        if policy.max_attempts == 1 and len(ok_statuses) >= _ALL_ERRORS and kind != "create":
+            # Hot path of the poll scheduler: one attempt, every status handled by the caller;
+            # the session's total timeout bounds it, so no deadline scope is needed.
+            return await self._send(method, url, kind, json_body, 1)
         try:
             with anyio.fail_after(self.timeout.deadline):
                 return await self._with_retries(method, url, kind, json_body, policy, ok_statuses)
@@ -244,11 +254,8 @@ class Transport:
         json_body: Mapping[str, Any] | None,
         attempt: int,
     ) -> Response:
-        headers = {"Accept": "application/json"}
-        if self.is_api_origin(url):
-            headers["Authorization"] = self._auth
-        path = urlsplit(url).path
-        api = "Authorization" in headers
+        api = self.is_api_origin(url)
+        headers = self._api_headers if api else _PLAIN_HEADERS
         if api:
             await self.pacer.acquire()
         started = time.monotonic()
@@ -267,7 +274,7 @@ class Transport:
                     else:
                         self.pacer.on_success()
                 body = await _read_capped(resp, self.limits.max_response_bytes)
-                return Response(status, dict(resp.headers), body)
+                return Response(status, resp.headers, body)
         except NanoBananaError as exc:
             error_text = type(exc).__name__
             raise
@@ -278,30 +285,48 @@ class Transport:
             ) from None
         except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
             error_text = type(exc).__name__
+            path = urlsplit(url).path
             if isinstance(exc, builtins.TimeoutError):
                 raise TimeoutError(f"{method} {path}: timed out") from None
             raise TransportError(f"{method} {path}: {type(exc).__name__}") from None
         finally:
-            elapsed = time.monotonic() - started
-            logger.debug(
-                "%s %s -> %s (attempt %d, %.3f s)%s",
-                method,
-                path,
-                status if status is not None else "-",
-                attempt,
-                elapsed,
-                f" {error_text}" if error_text else "",
-            )
-            if self._hooks:
-                event = HttpEvent(method, path, attempt, status, elapsed, error_text)
-                for hook in self._hooks:
-                    hook(event)
+            if self._hooks or logger.isEnabledFor(logging.DEBUG):
+                self._report(method, url, attempt, status, time.monotonic() - started, error_text)
+
+    def _report(
+        self,
+        method: str,
+        url: str,
+        attempt: int,
+        status: int | None,
+        elapsed: float,
+        error_text: str | None,
+    ) -> None:
+        path = urlsplit(url).path
+        logger.debug(
+            "%s %s -> %s (attempt %d, %.3f s)%s",
+            method,
+            path,
+            status if status is not None else "-",
+            attempt,
+            elapsed,
+            f" {error_text}" if error_text else "",
+        )
+        event = HttpEvent(method, path, attempt, status, elapsed, error_text)
+        for hook in self._hooks:
+            hook(event)
+
+
+_PLAIN_HEADERS = {"Accept": "application/json"}
+_ALL_ERRORS = 300  # an ok_statuses set this large covers every non-2xx status
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     length = resp.content_length
     if length is not None and length > cap:
         raise ProtocolError(f"response body of {length} bytes exceeds the {cap}-byte cap")
+    if length is not None and not resp.headers.get("Content-Encoding"):
+        return await resp.read()  # declared and small enough: read it whole
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(65536):

@@ -51,6 +51,8 @@ Listener = Callable[["TaskEntry"], None]
 Observer = Callable[["TaskEntry", TaskStatus], None]
 # Under a poll budget, rank this many due tasks at a time and poll the best few of them.
 _PRIORITY_WINDOW = 256
+# Polls handle every status themselves (202 pending, failure bodies, 429 and 5xx backoff).
+_EVERY_ERROR_STATUS = frozenset(range(300, 600))
 _PRIORITY_BATCH = 16
 _FINAL_ERRORS = (
     AuthenticationError,
@@ -220,7 +222,7 @@ class PollScheduler:
 
     def _learn(self, entry: TaskEntry) -> None:
         """Feed a finished task's completion time (midpoint of its last two polls) to the model."""
-        if entry.finished_at is None:
+        if entry.finished_at is None or self.policy.target_delay is None:
             return
         last_pending = (
             entry.last_pending_at if entry.last_pending_at is not None else entry.submitted_at
@@ -400,7 +402,7 @@ class PollScheduler:
 
     async def _get(self, url: str, kind: Any) -> Response:
         return await self._transport.request(
-            "GET", url, kind=kind, retry=NO_RETRY, ok_statuses=frozenset(range(300, 600))
+            "GET", url, kind=kind, retry=NO_RETRY, ok_statuses=_EVERY_ERROR_STATUS
         )
 
     def _on_error_response(self, entry: TaskEntry, resp: Response) -> None:
