@@ -1,0 +1,265 @@
+"""The engine of ``batch`` and ``demo``: stream a journaled batch, download outputs, tally it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._batch import BatchStream, Outcome
+from ._cli_input import BadLine
+from ._cli_ui import Progress
+from .client import Client, ClientStats
+from .download import Downloader
+from .errors import NanoBananaError, TaskCancelledError, TaskError
+from .journal import Journal, JournalItem
+from .models import GenerationRequest, GenerationResult
+
+__all__ = ["Interrupt", "ItemReport", "RunOptions", "RunResult", "run_batch"]
+
+
+@attrs.define
+class RunOptions:
+    """How one batch run behaves."""
+
+    out_dir: Path
+    max_in_flight: int = 64
+    submit_rate: float | None = None
+    resubmit_unknown: bool = False
+    detach: bool = False
+    max_downloads: int = 8
+
+
+@attrs.define
+class ItemReport:
+    """What became of one item, as written to report.json."""
+
+    index: int
+    prompt: str | None
+    request_id: str | None
+    state: str
+    error_type: str | None = None
+    error_message: str | None = None
+    files: list[dict[str, Any]] = attrs.field(factory=list)
+    latency: float | None = None
+    resumed: bool = False
+    text: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the task succeeded and its files are on disk."""
+        return self.state == "succeeded"
+
+
+@attrs.define
+class RunResult:
+    """Everything a finished (or interrupted) run produced."""
+
+    items: dict[int, ItemReport] = attrs.field(factory=dict)
+    bad_lines: list[BadLine] = attrs.field(factory=list)
+    wall: float = 0.0
+    interrupted: str | None = None  # the signal's name
+    stats: ClientStats | None = None
+
+
+class Interrupt:
+    """SIGINT/SIGTERM handlers that cancel one scope, so every cleanup path still runs."""
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.scope = anyio.CancelScope()
+        self.signal: str | None = None
+        self._progress = progress
+
+    def _fire(self, name: str) -> None:
+        if self.signal is None:
+            self.signal = name
+            if self._progress is not None:
+                self._progress.note(f"{name}: stopping; cancelling what is running...")
+        self.scope.cancel()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[anyio.CancelScope]:
+        """Install the handlers for the duration of the block; yields the scope to enter."""
+        loop = asyncio.get_running_loop()
+        done: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._fire, sig.name)
+                done.append(sig)
+        try:
+            yield self.scope
+        finally:
+            for sig in done:
+                loop.remove_signal_handler(sig)
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError:
+        return None
+
+
+def _wanted(result: GenerationResult) -> set[int]:
+    # Mirrors Downloader.download: every output with a URL that is not text.
+    return {i for i, o in enumerate(result.outputs) if o.url and o.type != "text"}
+
+
+def _file_dict(output_index: int, path: Path, size: int, sha: str, out_dir: Path) -> dict[str, Any]:
+    shown = path.name if path.parent.resolve() == out_dir.resolve() else str(path)
+    return {"output_index": output_index, "path": shown, "size": size, "sha256": sha}
+
+
+def _base_report(outcome: Outcome) -> ItemReport:
+    request = outcome.request
+    report = ItemReport(
+        outcome.index,
+        request.prompt if request is not None else None,
+        outcome.request_id,
+        "succeeded" if outcome.ok else "failed",
+        latency=None if outcome.latency is None else round(outcome.latency, 3),
+        resumed=outcome.resumed,
+        text=outcome.result.text if outcome.result is not None else None,
+    )
+    error = outcome.error
+    if error is not None:
+        report.state = "cancelled" if isinstance(error, TaskCancelledError) else "failed"
+        report.error_type = (
+            error.error_type if isinstance(error, TaskError) and error.error_type else None
+        ) or type(error).__name__
+        report.error_message = str(error)
+    return report
+
+
+class _Runner:
+    def __init__(
+        self,
+        client: Client,
+        journal: Journal,
+        opts: RunOptions,
+        progress: Progress,
+        prior: dict[int, JournalItem],
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.opts = opts
+        self.progress = progress
+        self.prior = prior
+        self.downloader = Downloader(client, opts.out_dir)
+        self.limiter = anyio.CapacityLimiter(opts.max_downloads)
+        self.result = RunResult()
+
+    async def run(self, requests: Iterable[GenerationRequest]) -> None:
+        stream = self.client.stream(
+            requests,
+            max_in_flight=self.opts.max_in_flight,
+            submit_rate=self.opts.submit_rate,
+            cancel_on_abandon=not self.opts.detach,
+            on_event=self.progress.on_event,
+            journal=self.journal,
+            resubmit_unknown=self.opts.resubmit_unknown,
+        )
+        fatal: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                try:
+                    await self._consume(stream, tg)
+                except Exception as exc:  # noqa: BLE001 - re-raised below, not as a group
+                    fatal = exc
+                    tg.cancel_scope.cancel()
+        finally:
+            # Shielded: the stream's cleanup (remote cancels, journal writes) must finish.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        if fatal is not None:
+            raise fatal
+
+    async def _consume(self, stream: BatchStream, tg: TaskGroup) -> None:
+        async for outcome in stream:
+            report = _base_report(outcome)
+            self.result.items[outcome.index] = report
+            if outcome.result is not None and _wanted(outcome.result):
+                token = object()
+                # Acquired here so that at most max_downloads tasks exist at once.
+                await self.limiter.acquire_on_behalf_of(token)
+                tg.start_soon(self._save, outcome, outcome.result, report, token)
+            else:
+                self.progress.on_outcome(outcome, ok=report.ok)
+
+    async def _present(self, index: int, result: GenerationResult) -> list[dict[str, Any]] | None:
+        """The files an earlier run saved for this item, if all are there and intact."""
+        prior = self.prior.get(index)
+        if prior is None or not prior.files:
+            return None
+        by_output = {f.output_index: f for f in prior.files}
+        if not _wanted(result) <= by_output.keys():
+            return None
+        found = []
+        for i in sorted(_wanted(result)):
+            file = by_output[i]
+            path = Path(file.path)
+            if not path.is_absolute():
+                path = self.opts.out_dir / path
+            if await anyio.to_thread.run_sync(_sha256, path) != file.sha256:
+                return None
+            found.append(_file_dict(i, path, file.size, file.sha256, self.opts.out_dir))
+        return found
+
+    async def _save(
+        self, outcome: Outcome, result: GenerationResult, report: ItemReport, token: object
+    ) -> None:
+        try:
+            files = await self._present(outcome.index, result)
+            if files is None:
+                stem = f"{outcome.index:05d}_{outcome.request_id or result.request_id}"
+                saved = await self.downloader.download(result, stem=stem)
+                files = []
+                for f in saved:
+                    await self.journal.record_file(
+                        outcome.index, f.output_index, str(f.path), f.size, f.sha256
+                    )
+                    files.append(
+                        _file_dict(f.output_index, f.path, f.size, f.sha256, self.opts.out_dir)
+                    )
+            report.files = files
+        except (NanoBananaError, OSError, RuntimeError, sqlite3.Error) as exc:
+            report.state = "download_failed"
+            report.error_type = type(exc).__name__
+            report.error_message = str(exc)
+        finally:
+            self.limiter.release_on_behalf_of(token)
+        self.progress.on_outcome(outcome, ok=report.ok)
+
+
+async def run_batch(
+    client: Client,
+    journal: Journal,
+    requests: Iterable[GenerationRequest],
+    opts: RunOptions,
+    progress: Progress,
+    interrupt: Interrupt,
+) -> RunResult:
+    """Run the batch until done or interrupted; downloads each success into ``opts.out_dir``."""
+    started = time.monotonic()
+    runner = _Runner(client, journal, opts, progress, await journal.load())
+    with interrupt.installed() as scope, scope:
+        await runner.run(requests)
+    result = runner.result
+    result.wall = time.monotonic() - started
+    result.interrupted = interrupt.signal
+    result.stats = client.stats
+    return result

@@ -1,0 +1,69 @@
+"""Reading a batch input file: JSONL request objects or plain prompts, one per line, lazily."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+
+from ._wire import parse_request
+from .errors import ValidationError
+from .models import GenerationRequest
+
+__all__ = ["BadLine", "count_candidates", "read_requests"]
+
+
+@attrs.frozen
+class BadLine:
+    """An input line that could not be turned into a request."""
+
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.reason}"
+
+
+def _candidates(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open(encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, start=1):
+            text = raw.strip()
+            if text and not text.startswith("#"):
+                yield number, text
+
+
+def count_candidates(path: Path) -> int:
+    """How many lines are neither blank nor comments (the expected number of items)."""
+    return sum(1 for _ in _candidates(path))
+
+
+def _parse(text: str, as_json: bool) -> GenerationRequest:
+    if as_json or text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValidationError("json", text, f"not valid JSON ({exc.msg})") from None
+        return parse_request(data)
+    return GenerationRequest(text)
+
+
+def read_requests(
+    path: Path, on_bad: Callable[[BadLine], None] | None = None
+) -> Iterator[GenerationRequest]:
+    """Yield the valid requests of ``path`` in order; each bad line goes to ``on_bad``.
+
+    The n-th request yielded is item n of the batch, so a rerun with the same file maps the
+    same indices (and bad lines never shift them).
+    """
+    as_json = path.suffix.lower() == ".jsonl"
+    for number, text in _candidates(path):
+        try:
+            request = _parse(text, as_json)
+        except ValidationError as exc:
+            if on_bad is not None:
+                on_bad(BadLine(number, exc.field, exc.reason))
+            continue
+        yield request

@@ -1,0 +1,162 @@
+"""The one-task commands (``generate``, ``status``, ``result``, ``cancel``) and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import AsyncExitStack
+from typing import Any
+
+import attrs
+
+from ._cli_batch import Interrupt
+from ._cli_commands import EMULATOR_POLL, UsageError, client_kwargs, emulator_config
+from ._cli_summary import EXIT_INTERRUPTED, EXIT_OK
+from ._cli_ui import print_table
+from .client import Client
+from .download import Downloader
+from .journal import Journal
+from .models import GenerationRequest, GenerationResult
+
+__all__ = [
+    "cancel_command",
+    "generate_command",
+    "report_command",
+    "result_command",
+    "status_command",
+]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+
+
+async def _open(stack: AsyncExitStack, args: argparse.Namespace) -> Client:
+    if getattr(args, "emulator", False):
+        from .emulator import Emulator
+
+        emu = await stack.enter_async_context(Emulator(emulator_config()))
+        client = Client(emu.api_key, base_url=emu.base_url, poll=EMULATOR_POLL)
+    else:
+        client = Client(**client_kwargs(args))
+    return await stack.enter_async_context(client)
+
+
+async def _save(client: Client, result: GenerationResult, out: str | None) -> list[str]:
+    if out is None:
+        return []
+    files = await Downloader(client, out).download(result, stem=result.request_id)
+    return [str(f.path) for f in files]
+
+
+def _print_result(result: GenerationResult, paths: list[str], as_json: bool) -> None:
+    if as_json:
+        print(
+            _dump(
+                {
+                    "request_id": result.request_id,
+                    "files": paths,
+                    "text": result.text,
+                    "outputs": [attrs.asdict(o) for o in result.outputs],
+                }
+            )
+        )
+        return
+    print(f"request_id {result.request_id}")
+    for path in paths:
+        print(path)
+    if not paths:
+        for image in result.images:
+            print(image.url)
+    if result.text:
+        print(result.text)
+
+
+async def generate_command(args: argparse.Namespace) -> int:
+    """``generate PROMPT --out DIR``: one task, its images saved, their paths printed."""
+    try:
+        request = GenerationRequest(
+            args.prompt,
+            image_urls=tuple(args.image_url or ()),
+            aspect_ratio=args.aspect_ratio,
+            image_size=args.image_size,
+            response_modalities=("Text", "Image") if args.text else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.emulator:
+        client_kwargs(args)
+    interrupt = Interrupt()
+    async with AsyncExitStack() as stack:
+        client = await _open(stack, args)
+        with interrupt.installed() as scope, scope:
+            result = await client.generate(request)
+            paths = await _save(client, result, args.out)
+            _print_result(result, paths, args.json)
+    return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
+
+
+async def status_command(args: argparse.Namespace) -> int:
+    """``status ID``: the task's current state."""
+    async with AsyncExitStack() as stack:
+        client = await _open(stack, args)
+        status = await client.status(args.id)
+    if args.json:
+        print(_dump(attrs.asdict(status)))
+    else:
+        position = f" (queue position {status.queue_position})" if status.queue_position else ""
+        print(f"{args.id}: {status.state.value}{position}")
+        if status.error_type or status.error_message:
+            print(f"  {status.error_type}: {status.error_message}")
+    return EXIT_OK
+
+
+async def result_command(args: argparse.Namespace) -> int:
+    """``result ID [--out DIR]``: wait for the task, print its outputs, optionally save them."""
+    interrupt = Interrupt()
+    async with AsyncExitStack() as stack:
+        client = await _open(stack, args)
+        with interrupt.installed() as scope, scope:
+            result = await client.result(args.id)
+            _print_result(result, await _save(client, result, args.out), args.json)
+    return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
+
+
+async def cancel_command(args: argparse.Namespace) -> int:
+    """``cancel ID``: ask the service to cancel the task."""
+    async with AsyncExitStack() as stack:
+        client = await _open(stack, args)
+        cancelled = await client.cancel(args.id)
+    if args.json:
+        print(_dump({"request_id": args.id, "cancelled": cancelled}))
+    else:
+        print(f"{args.id}: {'cancel requested' if cancelled else 'already finished'}")
+    return EXIT_OK
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """``report JOURNAL``: counts by state, request ids and ambiguous items of a journal."""
+    try:
+        report = Journal.report_sync(args.journal)
+    except (FileNotFoundError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(_dump(attrs.asdict(report)))
+        return EXIT_OK
+    rows = [(state, str(n)) for state, n in report.counts.items() if n]
+    rows.append(("total", str(report.total)))
+    print_table(f"journal {args.journal}", rows)
+    if report.request_ids:
+        print(f"request ids ({len(report.request_ids)}):")
+        for rid in report.request_ids:
+            print(f"  {rid}")
+    if report.unknown:
+        shown = ", ".join(str(i) for i in report.unknown)
+        print(
+            f"unknown (may have been created and billed, no id recorded): items {shown}\n"
+            "  a rerun reports them as failed; pass --resubmit-unknown to create them again "
+            "(accepting you may pay twice)",
+            file=sys.stdout,
+        )
+    return EXIT_OK
