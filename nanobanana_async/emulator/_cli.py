@@ -79,7 +79,39 @@ def _parser() -> argparse.ArgumentParser:
         help=f"KIND=PROBABILITY, KIND in {', '.join(_TASK_FAULTS)}",
     )
     p.add_argument("--variant", action="append", default=[], choices=_VARIANTS)
+    fal = p.add_argument_group("fal-compatible front (opt-in, TLS)")
+    fal.add_argument(
+        "--fal-tls",
+        metavar="CERT_DIR",
+        default=None,
+        help="serve fal's queue routes over TLS with a fresh trustme CA written to CERT_DIR/ca.pem",
+    )
+    fal.add_argument("--fal-port", type=int, default=0, help="fal front port (0 = any free port)")
+    fal.add_argument("--fal-cert", default=None, help="certificate chain PEM (with --fal-key)")
+    fal.add_argument("--fal-key", default=None, help="server private key PEM (with --fal-cert)")
     return p
+
+
+@attrs.frozen
+class _FalOptions:
+    cert: str
+    key: str
+    ca: str | None
+    port: int
+
+
+def _fal_options(args: argparse.Namespace, host: str) -> _FalOptions | None:
+    """The fal front's TLS files, written first when --fal-tls asks for a fresh CA."""
+    if (args.fal_cert is None) != (args.fal_key is None):
+        raise ValueError("--fal-cert and --fal-key go together")
+    if args.fal_cert is not None:
+        return _FalOptions(args.fal_cert, args.fal_key, None, args.fal_port)
+    if args.fal_tls is None:
+        return None
+    from .fal_front import write_tls_files  # trustme is only needed when the front is asked for
+
+    ca, cert, key = write_tls_files(args.fal_tls, host)
+    return _FalOptions(str(cert), str(key), str(ca), args.fal_port)
 
 
 def build_config(args: argparse.Namespace) -> EmulatorConfig:
@@ -116,16 +148,34 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
-async def _serve(config: EmulatorConfig) -> None:
+async def _serve(config: EmulatorConfig, fal: _FalOptions | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows has no loop signal handlers
             loop.add_signal_handler(sig, stop.set)
     async with Emulator(config) as emu:
-        # One parseable line first: scripts and tests read the base URL from it.
-        print(f"base_url={emu.base_url} api_key={emu.api_key} cdn_url={emu.cdn_url}", flush=True)
-        await stop.wait()
+        line = f"base_url={emu.base_url} api_key={emu.api_key} cdn_url={emu.cdn_url}"
+        runner = None
+        if fal is not None:
+            from .fal_front import server_ssl_context, start_fal_front
+
+            ctx = server_ssl_context(fal.cert, fal.key)
+            runner, port = await start_fal_front(
+                emu, host=config.host, port=fal.port, ssl_context=ctx
+            )
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            # Appended to the same line: readers parse key=value pairs from the first line only.
+            line += f" fal_url=https://{host}:{port}"
+            if fal.ca is not None:
+                line += f" fal_ca={fal.ca}"
+        try:
+            # One parseable line first: scripts and tests read the base URL from it.
+            print(line, flush=True)
+            await stop.wait()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
     print("emulator stopped", flush=True)
 
 
@@ -135,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = build_config(args)
+        fal = _fal_options(args, config.host)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, fal))
     except KeyboardInterrupt:  # a second Ctrl-C before the handler was installed
         return 0
     except OSError as exc:

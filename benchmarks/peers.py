@@ -1,0 +1,404 @@
+"""P5 — peers in one run: this SDK vs PyPI's fal-client vs a hand-written asyncio.gather loop.
+
+One standalone emulator (with its fal-compatible TLS front) serves the same lognormal workload
+(median 20 s, σ 0.5, at ``--scale``; workers unlimited so nothing queues) to three clients, each in
+its own subprocess so that client CPU seconds and peak RSS are per peer:
+
+- ``sdk``: ``Client.stream(prompts, max_in_flight=N)`` with the default ``PollPolicy`` scaled to the
+  time scale, after a warm-up batch that is not counted (the adaptive policy learns first);
+- ``fal-client``: ``fal_client.AsyncClient(key=...).submit("fal-ai/nano-banana-pro", ...)`` then
+  ``handle.get()`` per task under a semaphore of N, at fal's default poll interval (0.1 s, not
+  scaled: that is what a user gets), over TLS to the fal front;
+- ``gather``: plain aiohttp, create then poll the status URL every 3 s (the provider docs' interval,
+  scaled) then GET the response, under a semaphore of N.
+
+Requests = creates + status polls + result polls of the peer's own request ids (emulator counters).
+Detection delay = the monotonic time the client held the result − the emulator's ``completed_at``
+(CLOCK_MONOTONIC is shared by processes on Linux), reported in service seconds (÷ scale).
+
+    python -m benchmarks.peers [--quick] [--tasks 1000] [--concurrency 100] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._harness import (
+    StandaloneEmulator,
+    cpu_seconds,
+    median_spread,
+    percentile,
+    save,
+    table,
+)
+
+MEDIAN, SIGMA = 20.0, 0.5
+FAL_APP = "fal-ai/nano-banana-pro"
+FAL_DEFAULT_INTERVAL = 0.1  # fal_client.client.DEFAULT_QUEUE_POLL_INTERVAL in 1.0.3
+DOCS_INTERVAL = 3.0  # the provider's documented polling example
+PEERS = ("sdk", "fal-client", "gather")
+
+
+class FalEmulator(StandaloneEmulator):
+    """A standalone emulator started with ``--fal-tls``; also reads ``fal_url`` and ``fal_ca``."""
+
+    def __init__(self, args: list[str], cert_dir: str) -> None:
+        super().__init__(["--fal-tls", cert_dir, *args])
+        self.fal_url = ""
+        self.fal_ca = ""
+
+    def __enter__(self) -> FalEmulator:
+        # Same start as the harness, but the first line's fal_* pairs are needed too.
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nanobanana_async.emulator", "--port", "0", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if "fal_url" not in fields:
+            self.__exit__()
+            raise RuntimeError(f"emulator did not start its fal front: {line!r}")
+        self.base_url, self.api_key = fields["base_url"], fields["api_key"]
+        self.fal_url, self.fal_ca = fields["fal_url"], fields["fal_ca"]
+        return self
+
+
+# -- workers (run in a subprocess: `python -m benchmarks.peers --worker NAME ...`) --------------
+
+
+async def _sdk_worker(args: argparse.Namespace, prompts: list[str]) -> list[list[Any]]:
+    from nanobanana_async import Client
+
+    from .polling import adaptive
+
+    done: list[list[Any]] = []
+    async with Client(args.key, base_url=args.base_url, poll=adaptive(args.scale)) as client:
+        if args.warmup:
+            warm = (f"warm {args.tag} {i}" for i in range(args.warmup))
+            async for _ in client.stream(warm, max_in_flight=args.concurrency):
+                pass
+        _mark()
+        async for o in client.stream(prompts, max_in_flight=args.concurrency):
+            done.append([o.request_id, time.monotonic(), bool(o.ok)])
+    return done
+
+
+async def _fal_worker(args: argparse.Namespace, prompts: list[str]) -> list[list[Any]]:
+    # The environment (FAL_QUEUE_RUN_HOST, FAL_KEY, SSL_CERT_FILE) was set by the parent: fal
+    # reads its hosts at import time.
+    import fal_client
+
+    client = fal_client.AsyncClient(key=args.key)
+    sem = asyncio.Semaphore(args.concurrency)
+
+    async def one(prompt: str) -> list[Any]:
+        async with sem:
+            handle = await client.submit(FAL_APP, arguments={"prompt": prompt})
+            try:
+                result = await handle.get()
+            except fal_client.FalClientError:
+                return [handle.request_id, time.monotonic(), False]
+            return [handle.request_id, time.monotonic(), bool(result.get("images"))]
+
+    _mark()
+    return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+
+async def _gather_worker(args: argparse.Namespace, prompts: list[str]) -> list[list[Any]]:
+    import aiohttp
+
+    interval = DOCS_INTERVAL * args.scale
+    sem = asyncio.Semaphore(args.concurrency)
+    headers = {"Authorization": f"Bearer {args.key}"}
+    create_url = f"{args.base_url}/v1/queue/nano_banana_pro"
+
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def one(prompt: str) -> list[Any]:
+            async with sem:
+                async with session.post(create_url, json={"prompt": prompt}) as resp:
+                    resp.raise_for_status()
+                    task = await resp.json()
+                while True:
+                    await asyncio.sleep(interval)
+                    async with session.get(task["status_url"]) as resp:
+                        status = await resp.json()
+                    if status["status"] == "COMPLETED":
+                        break
+                async with session.get(task["response_url"]) as resp:
+                    ok = resp.status == 200 and "outputs" in await resp.json()
+                return [task["request_id"], time.monotonic(), ok]
+
+        _mark()
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+
+_START: dict[str, float] = {}
+
+
+def _mark() -> None:
+    """Start the measured window (after imports and any warm-up)."""
+    _START["wall"], _START["cpu"] = time.monotonic(), cpu_seconds()
+
+
+WORKERS: dict[str, Callable[[argparse.Namespace, list[str]], Awaitable[list[list[Any]]]]] = {
+    "sdk": _sdk_worker,
+    "fal-client": _fal_worker,
+    "gather": _gather_worker,
+}
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one peer's batch and print its own figures as one JSON line."""
+    prompts = [f"measure {args.tag} {i}" for i in range(args.tasks)]
+    done = asyncio.run(WORKERS[args.worker](args, prompts))
+    out = {
+        "wall": time.monotonic() - _START["wall"],
+        "cpu": cpu_seconds() - _START["cpu"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "done": done,
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+# -- the parent --------------------------------------------------------------------------------
+
+
+def _run_peer(emu: FalEmulator, peer: str, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    """One peer's batch in a subprocess, scored against the emulator's counters."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if peer == "fal-client":
+        host = emu.fal_url.removeprefix("https://")
+        env.update(
+            FAL_QUEUE_RUN_HOST=host,
+            FAL_RUN_HOST=host,
+            FAL_KEY=emu.api_key,
+            SSL_CERT_FILE=emu.fal_ca,
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.peers",
+        "--worker",
+        peer,
+        "--base-url",
+        emu.base_url,
+        "--key",
+        emu.api_key,
+        "--tasks",
+        str(args.tasks),
+        "--concurrency",
+        str(args.concurrency),
+        "--warmup",
+        str(args.warmup if peer == "sdk" else 0),
+        "--scale",
+        str(args.scale),
+        "--tag",
+        tag,
+    ]
+    before = emu.stats()
+    emu_cpu = _proc_cpu(emu)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        return {"error": f"{peer} worker exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    emu_cpu = _proc_cpu(emu) - emu_cpu
+    stats = emu.stats(tasks=True)
+    ids = [d[0] for d in out["done"] if d[0] is not None]
+    polls = sum(stats["status_polls"].get(i, 0) + stats["result_polls"].get(i, 0) for i in ids)
+    requests = len(ids) + polls
+    delays = [
+        (t - stats["tasks"][i]["completed_at"]) / args.scale
+        for i, t, _ in out["done"]
+        if i in stats["tasks"] and stats["tasks"][i]["completed_at"] is not None
+    ]
+    return {
+        "wall_s": out["wall"],
+        "requests": requests,
+        "requests_per_task": requests / max(1, len(ids)),
+        "requests_delta_all": stats["requests"] - before["requests"],
+        "client_cpu_s": out["cpu"],
+        "client_peak_rss_mb": out["peak_rss_mb"],
+        "emulator_cpu_s": emu_cpu,
+        "mean_delay_s": statistics.fmean(delays) if delays else float("nan"),
+        "p95_delay_s": percentile(delays, 0.95),
+        "ok": sum(1 for d in out["done"] if d[2]),
+        "tasks": len(out["done"]),
+    }
+
+
+def _proc_cpu(emu: StandaloneEmulator) -> float:
+    """User + system CPU seconds of the emulator process (server cost of a peer, TLS included)."""
+    assert emu.proc is not None
+    with open(f"/proc/{emu.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fal_unavailable() -> str | None:
+    if importlib.util.find_spec("fal_client") is None:
+        return "fal-client is not installed (pip install fal-client==1.0.3)"
+    return None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """All peers, `repeats` times each, against one emulator process."""
+    emulator_args = [
+        "--service-time",
+        f"lognormal:{MEDIAN},{SIGMA}",
+        "--time-scale",
+        str(args.scale),
+        "--workers",
+        "100000",
+        "--seed",
+        "5",
+    ]
+    skipped: dict[str, str] = {}
+    reason = _fal_unavailable()
+    if reason:
+        skipped["fal-client"] = reason
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PEERS if p not in skipped}
+    with (
+        tempfile.TemporaryDirectory(prefix="peers-tls-") as cert_dir,
+        FalEmulator(emulator_args, cert_dir) as emu,
+    ):
+        for repeat in range(args.repeats):
+            for peer in list(runs):
+                result = _run_peer(emu, peer, args, f"{repeat}-{peer}")
+                if "error" in result:
+                    skipped[peer] = result["error"]
+                    del runs[peer]
+                    continue
+                runs[peer].append(result)
+    summary: dict[str, Any] = {}
+    for peer, results in runs.items():
+        summary[peer] = {
+            key: median_spread([r[key] for r in results])
+            for key in (
+                "wall_s",
+                "requests",
+                "requests_per_task",
+                "client_cpu_s",
+                "client_peak_rss_mb",
+                "emulator_cpu_s",
+                "mean_delay_s",
+                "p95_delay_s",
+            )
+        }
+        summary[peer]["ok"] = [r["ok"] for r in results]
+        summary[peer]["runs"] = results
+    fal_version = None
+    if "fal-client" not in skipped or "not installed" not in skipped["fal-client"]:
+        fal_version = importlib.metadata.version("fal-client")
+    return {
+        "scale": args.scale,
+        "tasks": args.tasks,
+        "concurrency": args.concurrency,
+        "warmup_sdk": args.warmup,
+        "repeats": args.repeats,
+        "poll_intervals_real_s": {
+            "sdk": "adaptive (default PollPolicy × scale)",
+            "fal-client": FAL_DEFAULT_INTERVAL,
+            "gather": DOCS_INTERVAL * args.scale,
+        },
+        "fal_client_version": fal_version,
+        "peers": summary,
+        "skipped": skipped,
+    }
+
+
+def report(data: dict[str, Any]) -> str:
+    """The peers table (medians; spread of wall time as min–max)."""
+    intervals = data["poll_intervals_real_s"]
+    scale = data["scale"]
+    rows = []
+    for peer, s in data["peers"].items():
+        interval = intervals[peer]
+        shown = (
+            "adaptive" if isinstance(interval, str) else f"{interval:g} s (={interval / scale:g})"
+        )
+        rows.append(
+            [
+                peer,
+                shown,
+                s["wall_s"]["median"],
+                f"{s['wall_s']['min']:.3g}–{s['wall_s']['max']:.3g}",
+                s["requests"]["median"],
+                s["requests_per_task"]["median"],
+                s["client_cpu_s"]["median"],
+                s["client_peak_rss_mb"]["median"],
+                s["emulator_cpu_s"]["median"],
+                s["mean_delay_s"]["median"],
+                s["p95_delay_s"]["median"],
+                f"{min(s['ok'])}/{data['tasks']}",
+            ]
+        )
+    header = [
+        "peer",
+        "poll interval",
+        "wall s",
+        "spread",
+        "requests",
+        "req/task",
+        "client CPU s",
+        "peak RSS MiB",
+        "emulator CPU s",
+        "mean delay s*",
+        "p95 delay s*",
+        "ok",
+    ]
+    lines = [table(rows, header), "* service seconds (real delay ÷ time scale)"]
+    for peer, why in data["skipped"].items():
+        lines.append(f"{peer}: NOT MEASURED — {why}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run P5 and print its table (or, with --worker, one peer's batch as JSON)."""
+    parser = argparse.ArgumentParser(prog="benchmarks peers")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=100, help="N: in flight per peer")
+    parser.add_argument("--warmup", type=int, default=100, help="SDK warm-up tasks, not counted")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=0.05)
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if args.quick:
+        args.tasks, args.repeats = 100, 1
+    data = run(args)
+    print(
+        f"P5 peers: lognormal(median {MEDIAN} s, σ {SIGMA}) × scale {args.scale}, "
+        f"{args.tasks} tasks, {args.concurrency} in flight, {args.repeats} run(s) each"
+    )
+    print(report(data))
+    save("peers", data)
+    return data
+
+
+if __name__ == "__main__":
+    main()
