@@ -20,6 +20,8 @@ from nanobanana_async import Client, HttpEvent, PollPolicy
 
 from ._harness import StandaloneEmulator, save, table
 
+STEADY_AFTER = 3.0  # seconds: the first burst (before any 429 taught the pacer) is the settle phase
+
 
 async def one_rate(rate: float, seconds: float) -> dict[str, float]:
     tasks = int(rate * seconds / 2.2)  # a create and about one poll per task
@@ -56,7 +58,9 @@ async def one_rate(rate: float, seconds: float) -> dict[str, float]:
     busy = [useful[s] for s in range(1, max(2, int(end - start) - 1))]
     settle = next((s for s in range(len(busy)) if busy[s] >= 0.9 * rate), None)
     limited = sum(1 for _, lim in times if lim)
+    steady = [lim for t, lim in times if t - start >= STEADY_AFTER]
     return {
+        "share_429_steady": sum(steady) / max(1, len(steady)),
         "rate_limit": rate,
         "tasks": tasks,
         "wall_s": end - start,
@@ -82,6 +86,7 @@ def report(data: dict[str, Any]) -> str:
             r["tasks"],
             r["utilisation"],
             f"{100 * r['share_429']:.2f}%",
+            f"{100 * r['share_429_steady']:.2f}%",
             r["settle_s"],
             r["learned_rate"],
             r["duplicate_creates"],
@@ -93,6 +98,7 @@ def report(data: dict[str, Any]) -> str:
         "tasks",
         "useful/R",
         "429 share",
+        "429 share after 3 s",
         "settle s",
         "learned rate",
         "dup creates",

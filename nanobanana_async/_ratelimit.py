@@ -61,6 +61,7 @@ class PacingCore:
         cooldown: float = 0.3,
         rate_window: float = 0.5,
         margin: float = 0.93,
+        min_share: float = 0.1,
     ) -> None:
         """Configure the limiter; see :class:`AdaptiveRateLimiter` for the public knobs."""
         if max_rate is not None and max_rate <= 0:
@@ -89,6 +90,8 @@ class PacingCore:
         self._held = 0.0
         self._sent = _RateMeter(rate_window)
         self._accepted = _RateMeter(rate_window)
+        self._refused = _RateMeter(rate_window)
+        self.min_share = min_share
 
     # ---- measured rates ----------------------------------------------------------------------
 
@@ -152,8 +155,19 @@ class PacingCore:
         self._set_rate(rate)
 
     def on_throttle(self, now: float, retry_after: float | None = None) -> None:
-        """A 429: cut the rate (once per cooldown) and hold senders for ``retry_after``."""
+        """A 429: if it signals overload, hold senders for ``retry_after`` and cut the rate.
+
+        A stray 429 (a shared key, a hiccup) among many accepted requests is not a limit this
+        client is hitting: only the refused request waits (its retry honours Retry-After). A
+        client that cut and held for every stray 429 would ratchet down to the floor.
+        """
         self.throttled += 1
+        active = self._active(now)
+        self._refused.add(active)
+        refused = self._refused.rate(active)
+        accepted = self.accepted_rate(now)
+        if refused < self.min_share * (refused + accepted):
+            return
         if retry_after is not None and retry_after > 0 and math.isfinite(retry_after):
             hold = now + retry_after
             if hold > self.hold_until:
@@ -167,13 +181,10 @@ class PacingCore:
         base = self.measured_rate(now)
         if self.fill_rate is not None:
             base = min(base, self.fill_rate)
-        accepted = self.accepted_rate(now)
-        if 0.0 < accepted < self.beta * base:
-            # Far more was sent than the service let through: its limit is near what it accepted.
+        if 0.0 < accepted < base:
+            # The service let through less than was sent: its limit is near what it accepted.
             base = accepted
         base = max(base, self.min_rate)
-        # The 429 came after the server's burst was spent, so the rate that drew it is a little
-        # above the limit; aim the plateau just below it.
         self.last_max = base * self.margin
         self.last_cut = now
         self._cut_rate = base * self.beta
