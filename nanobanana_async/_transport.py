@@ -27,6 +27,7 @@ from .errors import (
     SubmissionUnknownError,
     TimeoutError,
     TransportError,
+    ValidationError,
     error_from_response,
     parse_retry_after,
 )
@@ -69,9 +70,12 @@ class Response:
 
 def origin_of(url: str) -> tuple[str, str, int | None]:
     """The (scheme, host, port) triple of a URL, default ports made explicit."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:  # "http://[::1", "http://h:99999", NFKC tricks: on no origin at all
+        return "", "", None
     return scheme, (parts.hostname or "").lower(), port
 
 
@@ -160,13 +164,18 @@ class Transport:
                 origin_of(server_url)[1],
             )
         suffix = f"/{action}" if action else ""
-        return f"{self._queue_url}/requests/{quote(request_id, safe='')}{suffix}"
+        try:
+            quoted = quote(request_id, safe="")
+        except UnicodeEncodeError:  # a lone surrogate: no URL can name this task
+            raise ValidationError("request_id", request_id, "is not valid Unicode") from None
+        return f"{self._queue_url}/requests/{quoted}{suffix}"
 
     def is_api_origin(self, url: str) -> bool:
         """Whether ``url`` is on the configured API origin (the only one that gets the key)."""
         if url.startswith(self._api_prefix):
             return True  # the URLs this SDK builds itself: skip parsing on the hot path
-        return origin_of(url) == self._origin
+        origin = origin_of(url)
+        return bool(origin[1]) and origin == self._origin
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -270,7 +279,12 @@ class Transport:
                 if api:
                     if status == 429:
                         self.rate_limited += 1
-                        self.pacer.on_throttle(parse_retry_after(resp.headers))
+                        # Hold every sender only as long as a retry would wait: a server
+                        # asking for 1e12 s must not freeze the whole client.
+                        hold = parse_retry_after(resp.headers)
+                        if hold is not None:
+                            hold = min(hold, self.retry.max_retry_after)
+                        self.pacer.on_throttle(hold)
                     else:
                         self.pacer.on_success()
                 body = await _read_capped(resp, self.limits.max_response_bytes)

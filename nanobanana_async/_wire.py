@@ -11,9 +11,10 @@ short excerpt.
 from __future__ import annotations
 
 import enum
+import functools
 import json
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 import cattrs
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 _STATES: dict[str, TaskState] = {
     "IN_QUEUE": TaskState.IN_QUEUE,
@@ -131,8 +134,22 @@ def parse_request(data: Any) -> GenerationRequest:
 
 def _mapping(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise ProtocolError(f"{what} is not a JSON object", body=json.dumps(data)[:200])
+        raise ProtocolError(f"{what} is not a JSON object", body=_dump(data)[:200])
     return data
+
+
+def _depth_guarded(parse: Callable[P, R]) -> Callable[P, R]:
+    """JSON nested just below the decoder's limit can still exhaust the stack later (in a
+    ``str()``, ``repr()`` or ``json.dumps`` of a part of it): that too is a bad response."""
+
+    @functools.wraps(parse)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return parse(*args, **kwargs)
+        except RecursionError:
+            raise ProtocolError("response is nested too deeply") from None
+
+    return guarded
 
 
 def _structure(data: dict[str, Any], cls: type[T], raw: Any) -> T:
@@ -146,7 +163,10 @@ def _dump(raw: Any) -> str:
     try:
         return json.dumps(raw, default=repr)[:400]
     except (ValueError, RecursionError):
-        return repr(raw)[:400]
+        try:
+            return repr(raw)[:400]
+        except RecursionError:
+            return "<nested too deeply>"
 
 
 def _split(data: dict[str, Any], cls: type[Any], renames: Mapping[str, str]) -> dict[str, Any]:
@@ -171,6 +191,7 @@ def _request_id(data: Mapping[str, Any]) -> Any:
     return data.get("id") if rid is None else rid
 
 
+@_depth_guarded
 def parse_ticket(raw: Any) -> Ticket:
     """Parse a create response into a ``Ticket``."""
     data = _mapping(raw, "create response")
@@ -180,7 +201,18 @@ def parse_ticket(raw: Any) -> Ticket:
             fields[name] = data[name]
     if not isinstance(fields["request_id"], str) or not fields["request_id"]:
         raise ProtocolError("create response has no request_id", body=_dump(raw))
+    if not _usable_id(fields["request_id"]):
+        raise ProtocolError("create response has an unusable request_id", body=_dump(raw))
     return _structure(fields, Ticket, raw)
+
+
+def _usable_id(request_id: str) -> bool:
+    """Whether an id can go into a URL path: encodable as UTF-8, no control characters."""
+    try:
+        request_id.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, which JSON's \udXXX escapes can produce
+        return False
+    return not any(ord(ch) < 32 or ord(ch) == 127 for ch in request_id)
 
 
 def _error_fields(data: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -213,6 +245,7 @@ def _state_of(data: Mapping[str, Any], raw: Any) -> TaskState:
     return state
 
 
+@_depth_guarded
 def parse_status(raw: Any) -> TaskStatus:
     """Parse a status-shaped body (status route, or the result route while pending)."""
     data = _mapping(raw, "status response")
@@ -248,6 +281,7 @@ def _is_status_shaped(data: Mapping[str, Any]) -> bool:
     return "outputs" not in data and ("status" in data or "error" in data or "error_type" in data)
 
 
+@_depth_guarded
 def parse_response(status_code: int, raw: Any) -> GenerationResult | TaskStatus:
     """Parse the result route: a ``GenerationResult`` when done, else the status it carries.
 

@@ -33,6 +33,7 @@ from .errors import (
     NanoBananaError,
     NotFoundError,
     PermissionDeniedError,
+    ProtocolError,
     RateLimitError,
     ServerError,
     TaskCancelledError,
@@ -365,6 +366,11 @@ class PollScheduler:
             await self._poll_once(entry)
         except NanoBananaError as exc:
             self._on_error(entry, exc)
+        except Exception as exc:
+            # A bug in parsing one hostile response must end that task, not every task of the
+            # client (an exception here would take down the scheduler's task group).
+            logger.exception("unexpected error polling %s", entry.request_id)
+            self.finish(entry, ProtocolError(f"unexpected error while polling: {exc!r}"[:300]))
         finally:
             self._limiter.release_on_behalf_of(entry)
 
@@ -463,6 +469,11 @@ class PollScheduler:
         wait = getattr(error, "retry_after", None)
         if not isinstance(error, (RateLimitError, ServerError)) or wait is None:
             wait = self._transport.retry.backoff(entry.errors, self._rng)
+        elif wait > self._transport.retry.max_retry_after:
+            # As for any other request: a server asking for longer than the policy allows ends
+            # the wait with its error, rather than parking the task for, say, 1e12 s.
+            self.finish(entry, error)
+            return
         logger.debug("poll of %s failed (%s); next in %.2f s", entry.request_id, error, wait)
         self._schedule(
             entry, self._clock() + max(wait, self.policy.interval(entry.polls, self._rng))
