@@ -6,12 +6,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import polling, ratelimit, scale
+from . import overhead, peers, polling, ratelimit, scale
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
+    "overhead": overhead.main,
     "polling": polling.main,
     "scale": scale.main,
     "ratelimit": ratelimit.main,
+    "peers": peers.main,
 }
 
 
