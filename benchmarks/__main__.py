@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import overhead, peers, polling, ratelimit, scale
+from . import overhead, peers, polling, ratelimit, report, scale
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
     "overhead": overhead.main,
@@ -19,6 +19,9 @@ BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
 
 def main(argv: list[str]) -> int:
     """Dispatch to the named benchmark; ``all`` runs each with the same flags."""
+    if argv and argv[0] == "report":
+        report.main([])
+        return 0
     if not argv or argv[0] not in {*BENCHMARKS, "all"}:
         print(f"usage: python -m benchmarks {{{','.join([*BENCHMARKS, 'all'])}}} [--quick]")
         return 2
@@ -27,6 +30,7 @@ def main(argv: list[str]) -> int:
         if name in (key, "all"):
             run(rest)
             print()
+    report.main([])  # docs/benchmarks.md from whatever results exist
     return 0
 
 

@@ -30,7 +30,7 @@ from ._wire import encode_request
 from .errors import NanoBananaError, ValidationError
 from .journal import Journal, JournalMismatchError, JournalStateError
 from .models import GenerationRequest, GenerationResult, TaskState, TaskStatus, Ticket
-from .scheduler import TaskEntry
+from .scheduler import TaskEntry, acquire
 
 if TYPE_CHECKING:
     from .client import Client
@@ -274,7 +274,7 @@ class _Engine:
         index = 0
         while True:
             item = _Item(index)
-            await self._slots.acquire_on_behalf_of(item)
+            await acquire(self._slots, item)
             try:
                 raw = await iterator.__anext__()
             except StopAsyncIteration:
@@ -310,15 +310,17 @@ class _Engine:
         else:
             if self._pacer is not None:
                 await self._pacer.acquire()
+            await acquire(client._create_limiter, item)
             try:
-                async with client._create_limiter:
-                    # Once on the wire a create is seen through even if the batch is abandoned,
-                    # and its id recorded: the task may be billed.
-                    with anyio.CancelScope(shield=True):
-                        ticket = await self._create(item.index, request)
+                # Once on the wire a create is seen through even if the batch is abandoned,
+                # and its id recorded: the task may be billed.
+                with anyio.CancelScope(shield=True):
+                    ticket = await self._create(item.index, request)
             except NanoBananaError as exc:
                 self._deliver(item, error=exc)
                 return
+            finally:
+                client._create_limiter.release_on_behalf_of(item)
         item.request_id = ticket.request_id
         item.submitted_at = anyio.current_time()
         self._emit(EventKind.SUBMITTED, item)
