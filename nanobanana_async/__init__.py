@@ -7,6 +7,7 @@ from ._config import Limits, Timeout
 from ._transport import HttpEvent
 from ._version import __version__
 from .client import Client, ClientStats
+from .download import DownloadedFile, Downloader, DownloadError
 from .errors import (
     APIStatusError,
     AuthenticationError,
@@ -30,6 +31,7 @@ from .errors import (
     ValidationError,
 )
 from .jobs import Job
+from .journal import Journal, JournalMismatchError
 from .models import (
     AspectRatio,
     GenerationRequest,
@@ -52,6 +54,11 @@ __all__ = [
     "Outcome",
     "Client",
     "ClientStats",
+    "DownloadError",
+    "DownloadedFile",
+    "Downloader",
+    "Journal",
+    "JournalMismatchError",
     "HttpEvent",
     "Job",
     "Limits",

@@ -118,7 +118,8 @@ async def result_command(args: argparse.Namespace) -> int:
     async with AsyncExitStack() as stack:
         client = await _open(stack, args)
         with interrupt.installed() as scope, scope:
-            result = await client.result(args.id)
+            # The task may belong to another process: Ctrl-C here must not cancel it.
+            result = await client.result(args.id, cancel_on_abandon=False)
             _print_result(result, await _save(client, result, args.out), args.json)
     return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
 

@@ -18,7 +18,8 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
 class Timeout:
     """Timeouts in seconds: ``connect`` and ``read`` per attempt, ``deadline`` per call.
 
-    The deadline bounds a whole API call, retries and their waits included.
+    The deadline bounds a whole API call, retries and their waits included. ``cancel`` bounds
+    the shielded cancel request sent when a wait is abandoned or the client closes.
     """
 
     connect: float = attrs.field(default=10.0, validator=_positive)
@@ -29,7 +30,13 @@ class Timeout:
 
 @attrs.frozen(kw_only=True)
 class Limits:
-    """Bounds on what one client does at once."""
+    """Bounds on what one client does at once.
+
+    ``max_connections``: the aiohttp connection pool. ``max_concurrent_polls`` and
+    ``max_concurrent_creates``: requests of each kind in the air. ``max_response_bytes``: a
+    larger API response body is a ``ProtocolError`` (downloads have their own cap).
+    ``keepalive_timeout``: seconds an idle pooled connection is kept.
+    """
 
     max_connections: int = attrs.field(default=64, validator=_positive)
     max_concurrent_polls: int = attrs.field(default=32, validator=_positive)

@@ -49,7 +49,14 @@ class _State(enum.Enum):
 
 @attrs.frozen
 class ClientStats:
-    """Counters of one client since it was opened."""
+    """Counters of one client since it was opened.
+
+    ``submitted``: creates that returned a request id. ``in_flight``: tasks the scheduler is
+    polling now. ``succeeded`` / ``failed``: outcomes of ``stream``/``map`` items.
+    ``requests_sent``: HTTP requests of every kind. ``rate_limited``: 429 answers received.
+    ``polls_sent``: status/result polls. ``finished``: tasks the scheduler saw end.
+    ``send_rate``: the pacer's current requests/s, None while no 429 has been seen.
+    """
 
     submitted: int
     in_flight: int
@@ -58,7 +65,6 @@ class ClientStats:
     requests_sent: int
     rate_limited: int
     polls_sent: int
-    watching: int
     finished: int
     send_rate: float | None
 
@@ -101,9 +107,14 @@ class Client:
     """An open connection to the queue API: ``async with Client() as client: ...``.
 
     One client owns one aiohttp session and one poll scheduler; share it across your
-    application. ``api_key`` falls back to ``NANOBANANA_API_KEY`` and ``base_url`` to
-    ``NANOBANANA_BASE_URL`` (default ``https://cloud.seaart.ai/model``). Leaving the block (or
-    ``aclose()``) cancels on the service the tasks still being waited on, unless ``detach``.
+    application. ``api_key`` falls back to ``NANOBANANA_API_KEY`` (or is read once from
+    ``api_key_file``) and ``base_url`` to ``NANOBANANA_BASE_URL`` (default
+    ``https://cloud.seaart.ai/model``). Leaving the block (or ``aclose()``) cancels on the
+    service the tasks still being waited on (``job.result()``/``generate`` callers and open
+    streams), unless ``aclose(detach=True)``; a stream abandoned earlier cancels its own tasks
+    unless it was opened with ``cancel_on_abandon=False``. ``hooks`` are called with an
+    ``HttpEvent`` after every HTTP exchange (for your logging; never carries the key).
+    ``seed`` makes the jitter reproducible (tests).
     """
 
     def __init__(
@@ -256,7 +267,6 @@ class Client:
             requests_sent=self._transport.requests_sent,
             rate_limited=self._transport.rate_limited,
             polls_sent=s.polls_sent if s else 0,
-            watching=s.watching if s else 0,
             finished=s.finished if s else 0,
         )
 
@@ -294,9 +304,17 @@ class Client:
         """The current status of a task, by id."""
         return await self.job(request_id).status()
 
-    async def result(self, request_id: str, *, timeout: float | None = None) -> GenerationResult:
-        """Wait for a task, by id, and return its result."""
-        return await self.job(request_id).result(timeout=timeout)
+    async def result(
+        self,
+        request_id: str,
+        *,
+        timeout: float | None = None,
+        cancel_on_abandon: bool | None = None,
+    ) -> GenerationResult:
+        """Wait for a task, by id, and return its result (see ``Job.result``)."""
+        return await self.job(request_id).result(
+            timeout=timeout, cancel_on_abandon=cancel_on_abandon
+        )
 
     async def cancel(self, request_id: str) -> bool:
         """Ask the service to cancel a task, by id; False if it had already finished."""
@@ -349,16 +367,26 @@ class Client:
         return_exceptions: bool = False,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         submit_rate: float | None = None,
+        cancel_on_abandon: bool | None = None,
         on_event: Callable[[BatchEvent], None] | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        resubmit_unknown: bool = False,
     ) -> list[GenerationResult | NanoBananaError]:
         """Run every request and return the results in input order.
 
         With ``return_exceptions=False`` the first failure is raised, and the tasks still
-        running are cancelled; with ``True`` each failed item's error takes its place.
+        running are cancelled; with ``True`` each failed item's error takes its place. The
+        other options are those of ``stream``.
         """
         found: dict[int, GenerationResult | NanoBananaError] = {}
         async with self.stream(
-            requests, max_in_flight=max_in_flight, submit_rate=submit_rate, on_event=on_event
+            requests,
+            max_in_flight=max_in_flight,
+            submit_rate=submit_rate,
+            cancel_on_abandon=cancel_on_abandon,
+            on_event=on_event,
+            journal=journal,
+            resubmit_unknown=resubmit_unknown,
         ) as outcomes:
             async for outcome in outcomes:
                 if outcome.error is not None and not return_exceptions:

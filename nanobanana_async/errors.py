@@ -19,9 +19,10 @@
     │   ├── UnprocessableEntityError    422
     │   ├── RateLimitError              429 (``retry_after`` in seconds)
     │   └── ServerError                 5xx
-    └── TaskError                       the task ran and did not produce a result
-        ├── TaskFailedError             COMPLETED with an ``error_type``
-        └── TaskCancelledError          COMPLETED with ``error_type`` CANCELED
+    ├── TaskError                       the task ran and did not produce a result
+    │   ├── TaskFailedError             COMPLETED with an ``error_type``
+    │   └── TaskCancelledError          COMPLETED with ``error_type`` CANCELED
+    └── DownloadError                   an output could not be saved (``download.py``)
 
 No error message, ``str`` or ``repr`` contains the API key: the key never reaches this module.
 """

@@ -126,7 +126,7 @@ async def test_break_cancels_remote_tasks_and_leaves_nothing_running(
         assert emu.stats.creates <= 11
         assert live == []  # every unfinished task was cancelled on the service
         assert emu.stats.cancels >= 1
-        assert client.stats.watching == 0
+        assert client.stats.in_flight == 0
         assert sdk_tasks() <= before
 
         # A plain ``break`` without ``async with`` frees the stream, which abandons it too.

@@ -193,7 +193,7 @@ async def test_abandoned_wait_cancels_remotely(nanobanana_emulator: Emulator) ->
         with anyio.move_on_after(0.1):
             await kept.result(cancel_on_abandon=False)
         assert stats.tasks[kept.request_id].error_type is None
-        assert client.stats.watching == 0
+        assert client.stats.in_flight == 0
         await kept.cancel()
     assert stats.cancels == 3
 
