@@ -21,38 +21,29 @@ __all__ = ["AdaptiveRateLimiter", "PacingCore"]
 
 
 class _RateMeter:
-    """Event rate over the last one to two windows of ``tau`` seconds, O(1) per event.
-
-    Two fixed buckets instead of an exponential average: ``add`` runs for every request, so it
-    must be a couple of additions, not an ``exp``.
-    """
+    """Exponentially weighted event rate over time constant ``tau``, O(1) per event."""
 
     def __init__(self, tau: float) -> None:
         self.tau = tau
-        self.start = -math.inf  # start of the current bucket
-        self.first = -math.inf  # first event ever: before one window has passed, span is shorter
-        self.current = 0
-        self.previous = 0
-
-    def _roll(self, t: float) -> None:
-        if t - self.start >= self.tau:
-            buckets = int((t - self.start) // self.tau) if math.isfinite(self.start) else 2
-            self.previous = self.current if buckets == 1 else 0
-            self.current = 0
-            self.start = t if not math.isfinite(self.start) else self.start + buckets * self.tau
+        self.acc = 0.0
+        self.last = -math.inf
+        self.first = -math.inf
 
     def add(self, t: float) -> None:
-        if not math.isfinite(self.first):
-            self.first = t
-        self._roll(t)
-        self.current += 1
+        if self.first == -math.inf:
+            self.first = self.last = t
+        elif t > self.last:
+            self.acc *= math.exp(-(t - self.last) / self.tau)
+            self.last = t
+        self.acc += 1.0
 
     def rate(self, t: float) -> float:
-        if not math.isfinite(self.start):
+        if self.first == -math.inf:
             return 0.0
-        self._roll(t)
-        span = min(self.tau + (t - self.start), t - self.first)
-        return (self.previous + self.current) / max(span, 1e-3)
+        acc = self.acc * math.exp(-max(0.0, t - self.last) / self.tau)
+        # Bias-correct the warm-up: right after the first event only part of a window is seen.
+        seen = 1.0 - math.exp(-max(t - self.first, 1e-3) / self.tau)
+        return acc / (self.tau * seen)
 
 
 class PacingCore:
