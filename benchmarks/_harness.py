@@ -78,7 +78,15 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB."""
+    """Peak resident memory of this process in MiB.
+
+    Read from VmHWM: ``ru_maxrss`` survives ``exec`` on Linux, so a worker started by a large
+    parent would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -27,7 +27,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from ._harness import (
     StandaloneEmulator,
     cpu_seconds,
     median_spread,
+    peak_rss_mb,
     percentile,
     save,
     table,
@@ -173,7 +173,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     out = {
         "wall": time.monotonic() - _START["wall"],
         "cpu": cpu_seconds() - _START["cpu"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "done": done,
     }
     print(json.dumps(out), flush=True)
