@@ -164,6 +164,8 @@ class _Runner:
         self.result = RunResult()
 
     async def run(self, requests: Iterable[GenerationRequest]) -> None:
+        # A run killed mid-download leaves hidden temp files; they are never under a final name.
+        await self.downloader.remove_stale_parts()
         stream = self.client.stream(
             requests,
             max_in_flight=self.opts.max_in_flight,

@@ -56,6 +56,9 @@ def _redact(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+_PART = re.compile(r"\..+\.part-[0-9a-f]{12}")
+
+
 class DownloadError(NanoBananaError):
     """An output could not be saved (status, size cap, content type, I/O)."""
 
@@ -281,6 +284,25 @@ class Downloader:
         if mime is None or not mime.startswith(self.allowed_types):
             raise DownloadError(url, f"content type {mime or 'missing'} is not allowed")
         return mime
+
+    async def remove_stale_parts(self) -> int:
+        """Delete temporary files a killed earlier run left in the output folder; returns how many.
+
+        Only names of the form this class writes (``.<name>.part-<hex>``) are touched; call it
+        when no other process downloads into the same folder.
+        """
+
+        def sweep() -> int:
+            if not self.out_dir.is_dir():
+                return 0
+            removed = 0
+            for path in self.out_dir.glob(".*.part-*"):
+                if _PART.fullmatch(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            return removed
+
+        return await anyio.to_thread.run_sync(sweep)
 
     def _final_path(self, url: str, name: str) -> pathlib.Path:
         root = self.out_dir.resolve()
