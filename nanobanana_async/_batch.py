@@ -428,8 +428,9 @@ class _Engine:
         for entry in live:
             entry.listeners.clear()
             entry.observers.clear()
+        for entry in live:
             if entry.waiters == 0:
-                scheduler.drop(entry)
+                await scheduler.abandon(entry)
         if not self._cancel_on_abandon:
             return
         limiter = anyio.CapacityLimiter(16)

@@ -128,6 +128,8 @@ class TaskEntry:
     listeners: list[Listener] = attrs.field(factory=list)
     observers: list[Observer] = attrs.field(factory=list)
     use_status_route: bool = False
+    poll_scope: anyio.CancelScope | None = None
+    poll_done: anyio.Event | None = None
 
     @property
     def request_id(self) -> str:
@@ -247,6 +249,15 @@ class PollScheduler:
         if self._entries.get(entry.request_id) is entry:
             del self._entries[entry.request_id]
 
+    async def abandon(self, entry: TaskEntry) -> None:
+        """Stop polling a task and wait (briefly) until no poll of it is in flight."""
+        self.drop(entry)
+        if entry.poll_scope is not None:
+            entry.poll_scope.cancel()
+        if entry.poll_done is not None and not entry.poll_done.is_set():
+            with anyio.move_on_after(5, shield=True):
+                await entry.poll_done.wait()
+
     def finish(self, entry: TaskEntry, outcome: GenerationResult | NanoBananaError) -> None:
         """Record a task's outcome and wake whoever waits for it."""
         if entry.outcome is not None:
@@ -278,7 +289,7 @@ class PollScheduler:
             except BaseException as exc:
                 entry.waiters -= 1
                 if entry.outcome is None and entry.waiters == 0 and not entry.listeners:
-                    self.drop(entry)
+                    await self.abandon(entry)
                     if cancel_on_abandon:
                         await self.cancel_remote(entry)
                 if type(exc) is TimeoutError:  # anyio's deadline, not one of ours
@@ -362,8 +373,11 @@ class PollScheduler:
         self._heap.clear()
 
     async def _poll(self, entry: TaskEntry) -> None:
+        entry.poll_scope = scope = anyio.CancelScope()
+        entry.poll_done = anyio.Event()
         try:
-            await self._poll_once(entry)
+            with scope:
+                await self._poll_once(entry)
         except NanoBananaError as exc:
             self._on_error(entry, exc)
         except Exception as exc:
@@ -373,6 +387,8 @@ class PollScheduler:
             self.finish(entry, ProtocolError(f"unexpected error while polling: {exc!r}"[:300]))
         finally:
             self._limiter.release_on_behalf_of(entry)
+            entry.poll_scope = None
+            entry.poll_done.set()
 
     async def _poll_once(self, entry: TaskEntry) -> None:
         entry.polls += 1
