@@ -29,6 +29,7 @@ class StandaloneEmulator:
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""
         self.api_key = ""
+        self.fields: dict[str, str] = {}  # every key=value of the emulator's first line
 
     def __enter__(self) -> StandaloneEmulator:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -41,8 +42,11 @@ class StandaloneEmulator:
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        self.base_url, self.api_key = fields["base_url"], fields["api_key"]
+        self.fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if "base_url" not in self.fields:
+            self.__exit__()
+            raise RuntimeError(f"the emulator did not start: {line!r}")
+        self.base_url, self.api_key = self.fields["base_url"], self.fields["api_key"]
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -61,23 +61,11 @@ class FalEmulator(StandaloneEmulator):
         self.fal_ca = ""
 
     def __enter__(self) -> FalEmulator:
-        # Same start as the harness, but the first line's fal_* pairs are needed too.
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nanobanana_async.emulator", "--port", "0", *self.args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        if "fal_url" not in fields:
+        super().__enter__()
+        if "fal_url" not in self.fields:
             self.__exit__()
-            raise RuntimeError(f"emulator did not start its fal front: {line!r}")
-        self.base_url, self.api_key = fields["base_url"], fields["api_key"]
-        self.fal_url, self.fal_ca = fields["fal_url"], fields["fal_ca"]
+            raise RuntimeError(f"emulator did not start its fal front: {self.fields!r}")
+        self.fal_url, self.fal_ca = self.fields["fal_url"], self.fields["fal_ca"]
         return self
 
 

@@ -21,7 +21,7 @@ from .engine import Engine, Task
 from .gate import FaultPicker, TokenBuckets
 from .images import ImageStore, dimensions, image_key
 from .stats import EmulatorStats
-from .validate import validate_create
+from .validate import CreateParams, validate_create
 
 __all__ = ["Service"]
 
@@ -129,6 +129,19 @@ class Service:
             return self._too_many(rid, cfg.faults.retry_after_seconds), fault, rid
         return None, fault, rid
 
+    def accept(self, model: str, params: CreateParams) -> Task:
+        """Queue a validated create and count it (also per body, to catch duplicate creates)."""
+        task = self.engine.create(
+            model,
+            prompt=params.prompt,
+            image_size=params.image_size,
+            aspect_ratio=params.aspect_ratio,
+            modalities=params.modalities,
+        )
+        self.stats.creates += 1
+        self.stats.creates_by_body[hashlib.sha256(params.canonical.encode()).hexdigest()] += 1
+        return task
+
     def _too_many(self, rid: str, wait: float) -> web.Response:
         self.stats.rate_limited += 1
         body = wire.gateway_error("RATE_LIMIT_EXCEEDED", "Rate limit exceeded", rid)
@@ -187,19 +200,9 @@ class Service:
         if not self.engine.spend_credit():
             self.stats.credits_rejected += 1
             return self._finish(self._reply(402, _CREDITS_BODY, rid), fault)
-        model = request.match_info["model"]
-        task = self.engine.create(
-            model,
-            prompt=params.prompt,
-            image_size=params.image_size,
-            aspect_ratio=params.aspect_ratio,
-            modalities=params.modalities,
-        )
-        stats = self.stats
-        stats.creates += 1
-        stats.creates_by_body[hashlib.sha256(params.canonical.encode()).hexdigest()] += 1
+        task = self.accept(request.match_info["model"], params)
         if fault == "lost_create_response":
-            stats.lost_create_ids.append(task.request_id)
+            self.stats.lost_create_ids.append(task.request_id)
             self._drop(request)
             return web.Response(status=500)
         position = self.engine.queue_position(task) if task.state == "IN_QUEUE" else 0

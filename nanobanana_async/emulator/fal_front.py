@@ -14,7 +14,6 @@ tasks and counters as the SDK. Routes (``{app}`` is ``{owner}/{alias}``, e.g.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,18 +105,9 @@ class FalFront:
             svc.stats.credits_rejected += 1
             refusal = {"detail": "Insufficient credits", "error_type": "insufficient_credits"}
             return svc._finish(svc._reply(402, refusal, rid), fault)
-        task = svc.engine.create(
-            model,
-            prompt=params.prompt,
-            image_size=params.image_size,
-            aspect_ratio=params.aspect_ratio,
-            modalities=params.modalities,
-        )
-        stats = svc.stats
-        stats.creates += 1
-        stats.creates_by_body[hashlib.sha256(params.canonical.encode()).hexdigest()] += 1
+        task = svc.accept(model, params)
         if fault == "lost_create_response":
-            stats.lost_create_ids.append(task.request_id)
+            svc.stats.lost_create_ids.append(task.request_id)
             transport = request.transport
             if transport is not None:
                 transport.abort()
