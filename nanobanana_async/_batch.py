@@ -39,9 +39,7 @@ __all__ = ["BatchEvent", "BatchStream", "EventKind", "Outcome", "RequestSource"]
 
 logger = logging.getLogger("nanobanana_async")
 RequestLike: TypeAlias = "GenerationRequest | str"
-RequestSource: TypeAlias = (
-    "Iterable[GenerationRequest | str] | AsyncIterable[GenerationRequest | str]"
-)
+RequestSource: TypeAlias = "Iterable[RequestLike] | AsyncIterable[RequestLike]"
 
 
 @attrs.frozen
