@@ -4,6 +4,7 @@ import contextlib
 
 from ._batch import BatchEvent, BatchStream, EventKind, Outcome
 from ._config import Limits, Timeout
+from ._policy import PollPolicy
 from ._transport import HttpEvent
 from ._version import __version__
 from .client import Client, ClientStats
@@ -45,7 +46,6 @@ from .models import (
     Ticket,
 )
 from .retry import RetryPolicy
-from .scheduler import PollPolicy
 
 __all__ = [
     "BatchEvent",

@@ -18,11 +18,11 @@ from ._cli_batch import Interrupt, RunOptions, RunResult, run_batch
 from ._cli_input import BadLine, count_candidates, read_requests
 from ._cli_summary import EXIT_USAGE, finish
 from ._cli_ui import Progress
+from ._policy import PollPolicy
 from ._wire import parse_request
 from .client import Client
 from .journal import Journal, JournalMismatchError
 from .models import GenerationRequest
-from .scheduler import PollPolicy
 
 __all__ = ["UsageError", "batch_command", "client_kwargs", "demo_command", "emulator_config"]
 

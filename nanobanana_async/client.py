@@ -18,6 +18,7 @@ import attrs
 
 from ._batch import BatchEvent, BatchStream, Outcome, RequestSource
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, Timeout
+from ._policy import PollPolicy
 from ._transport import HttpEvent, Transport
 from ._wire import encode_request, parse_status, parse_ticket
 from .errors import (
@@ -31,7 +32,7 @@ from .jobs import Job
 from .journal import Journal
 from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
 from .retry import DEFAULT_RETRY, RetryPolicy
-from .scheduler import PollPolicy, PollScheduler
+from .scheduler import PollScheduler
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MODEL", "Client", "ClientStats"]
 
