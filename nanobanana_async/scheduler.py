@@ -211,11 +211,11 @@ class PollScheduler:
     async def abandon(self, entry: TaskEntry) -> None:
         """Stop polling a task and wait (briefly) until no poll of it is in flight."""
         self.drop(entry)
-        if entry.poll_scope is not None:
+        if entry.poll_scope is not None:  # a poll is in flight: cancel it and see it end
             entry.poll_scope.cancel()
-        if entry.poll_done is not None and not entry.poll_done.is_set():
+            entry.poll_done = done = entry.poll_done or anyio.Event()
             with anyio.move_on_after(5, shield=True):
-                await entry.poll_done.wait()
+                await done.wait()
 
     def finish(self, entry: TaskEntry, outcome: GenerationResult | NanoBananaError) -> None:
         """Record a task's outcome and wake whoever waits for it."""
@@ -333,7 +333,6 @@ class PollScheduler:
 
     async def _poll(self, entry: TaskEntry) -> None:
         entry.poll_scope = scope = anyio.CancelScope()
-        entry.poll_done = anyio.Event()
         try:
             with scope:
                 await self._poll_once(entry)
@@ -347,7 +346,9 @@ class PollScheduler:
         finally:
             self._limiter.release_on_behalf_of(entry)
             entry.poll_scope = None
-            entry.poll_done.set()
+            if entry.poll_done is not None:  # created only when someone waits (abandon)
+                entry.poll_done.set()
+                entry.poll_done = None
 
     async def _poll_once(self, entry: TaskEntry) -> None:
         entry.polls += 1
