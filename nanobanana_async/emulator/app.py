@@ -248,16 +248,17 @@ class Service:
         early, fault, rid = await self._enter(request, "cancel")
         if early is not None:
             return early
-        task = self._lookup(request)
+        return self._finish(self.cancel_reply(self._lookup(request), rid), fault)
+
+    def cancel_reply(self, task: Task | None, rid: str) -> web.Response:
+        """Cancel ``task`` (if any) and answer 202, 400 ALREADY_COMPLETED or 404 NOT_FOUND."""
         outcome = "unknown" if task is None else self.engine.cancel(task.request_id)
         if outcome == "accepted":
             self.stats.cancels += 1
-            resp = self._reply(202, {"status": "CANCELLATION_REQUESTED"}, rid)
-        elif outcome == "completed":
-            resp = self._reply(400, {"status": "ALREADY_COMPLETED"}, rid)
-        else:
-            resp = self._reply(404, {"status": "NOT_FOUND"}, rid)
-        return self._finish(resp, fault)
+            return self._reply(202, {"status": "CANCELLATION_REQUESTED"}, rid)
+        if outcome == "completed":
+            return self._reply(400, {"status": "ALREADY_COMPLETED"}, rid)
+        return self._reply(404, {"status": "NOT_FOUND"}, rid)
 
     async def stats_route(self, request: web.Request) -> web.StreamResponse:
         """GET /_emulator/stats: the counters as JSON (`?tasks=1` adds per-task records)."""

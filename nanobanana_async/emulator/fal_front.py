@@ -176,16 +176,7 @@ class FalFront:
         if early is not None:
             return early
         svc = self.service
-        task = self._lookup(request, model)
-        outcome = "unknown" if task is None else svc.engine.cancel(task.request_id)
-        if outcome == "accepted":
-            svc.stats.cancels += 1
-            resp = svc._reply(202, {"status": "CANCELLATION_REQUESTED"}, rid)
-        elif outcome == "completed":
-            resp = svc._reply(400, {"status": "ALREADY_COMPLETED"}, rid)
-        else:
-            resp = svc._reply(404, {"status": "NOT_FOUND"}, rid)
-        return svc._finish(resp, fault)
+        return svc._finish(svc.cancel_reply(self._lookup(request, model), rid), fault)
 
 
 def _status_body(task: Task, svc: Service, url: str, with_logs: bool) -> dict[str, Any]:
