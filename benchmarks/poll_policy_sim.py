@@ -3,7 +3,7 @@
 Run: python benchmarks/poll_policy_sim.py [--tasks N] [--seed S]
 
 For each completion-time distribution, compares fixed intervals, exponential backoff and the
-learned sqrt-hazard schedule of ``nanobanana_async._adaptive.CompletionModel`` (trained online
+learned sqrt-hazard schedule of ``nanobanana_async._polling._model.CompletionModel`` (trained online
 on the first 50 tasks, then frozen) at several target delays.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nanobanana_async._adaptive import CompletionModel
+from nanobanana_async._polling._model import CompletionModel
 
 HORIZON = 3600.0
 TRAIN = 50

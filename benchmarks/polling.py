@@ -21,7 +21,7 @@ import statistics
 from typing import Any
 
 from nanobanana_async import Client, PollPolicy
-from nanobanana_async._adaptive import CompletionModel
+from nanobanana_async._polling._model import CompletionModel
 
 from ._harness import StandaloneEmulator, median_spread, percentile, save, table
 

@@ -2,12 +2,14 @@
 
 import contextlib
 
-from ._batch import BatchEvent, BatchStream, EventKind, Outcome
+from ._batch._engine import BatchEvent, BatchStream, EventKind, Outcome
+from ._client import Client, ClientStats
 from ._config import Limits, Timeout
-from ._policy import PollPolicy
-from ._transport import HttpEvent
+from ._http._retry import RetryPolicy
+from ._http._transport import HttpEvent
+from ._jobs import Job
+from ._polling._policy import PollPolicy
 from ._version import __version__
-from .client import Client, ClientStats
 from .download import DownloadedFile, Downloader, DownloadError
 from .errors import (
     APIStatusError,
@@ -31,7 +33,6 @@ from .errors import (
     UnprocessableEntityError,
     ValidationError,
 )
-from .jobs import Job
 from .journal import Journal, JournalMismatchError
 from .models import (
     AspectRatio,
@@ -45,7 +46,6 @@ from .models import (
     TaskStatus,
     Ticket,
 )
-from .retry import RetryPolicy
 
 __all__ = [
     "BatchEvent",

@@ -21,12 +21,12 @@ import aiohttp
 import anyio
 import attrs
 
+from ._http._retry import RetryPolicy
 from .errors import ClientStateError, NanoBananaError, parse_retry_after
 from .models import GenerationResult, Output
-from .retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from .client import Client
+    from ._client import Client
 
 __all__ = ["DownloadError", "DownloadedFile", "Downloader", "safe_filename"]
 

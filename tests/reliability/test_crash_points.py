@@ -10,7 +10,7 @@ import pytest
 
 from nanobanana_async.journal import Journal
 
-from ..test_cli_crash import Service, journal_files, prompts, service, start_batch, wait_for
+from ..cli.test_cli_crash import Service, journal_files, prompts, service, start_batch, wait_for
 
 __all__ = ["service"]  # the fixture, shared with the CLI crash tests
 

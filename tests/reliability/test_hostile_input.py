@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from nanobanana_async import GenerationRequest, ValidationError, _wire
+from nanobanana_async import GenerationRequest, ValidationError
+from nanobanana_async._http import _wire
 from nanobanana_async.emulator import Emulator
 
 from ..helpers import client_for

@@ -12,7 +12,7 @@ from nanobanana_async import (
     ServerError,
     TransportError,
 )
-from nanobanana_async.retry import may_retry_create
+from nanobanana_async._http._retry import may_retry_create
 
 
 def test_backoff_is_capped_full_jitter() -> None:

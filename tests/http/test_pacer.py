@@ -10,7 +10,7 @@ import random
 import anyio
 import pytest
 
-from nanobanana_async._ratelimit import AdaptiveRateLimiter, PacingCore
+from nanobanana_async._http._pacer import AdaptiveRateLimiter, PacingCore
 
 
 def simulate(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import attrs
 
-from ._wire import parse_request
-from .errors import ValidationError
-from .models import GenerationRequest
+from .._http._wire import parse_request
+from ..errors import ValidationError
+from ..models import GenerationRequest
 
 __all__ = ["BadLine", "count_candidates", "read_requests"]
 

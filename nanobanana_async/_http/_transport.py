@@ -15,10 +15,9 @@ import aiohttp
 import anyio
 import attrs
 
-from ._config import Limits, Timeout
-from ._ratelimit import AdaptiveRateLimiter
-from ._version import __version__
-from .errors import (
+from .._config import Limits, Timeout
+from .._version import __version__
+from ..errors import (
     APIStatusError,
     ConnectError,
     NanoBananaError,
@@ -31,7 +30,8 @@ from .errors import (
     error_from_response,
     parse_retry_after,
 )
-from .retry import RetryPolicy, may_retry_create
+from ._pacer import AdaptiveRateLimiter
+from ._retry import RetryPolicy, may_retry_create
 
 __all__ = ["HttpEvent", "Response", "Transport"]
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = ["main"]
 
@@ -140,8 +140,8 @@ def _logging(verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import _cli_commands as commands
-    from . import _cli_single as single
+    from . import _commands as commands
+    from . import _single as single
 
     if args.command in ("report", "demo", "batch"):
         sync = {
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "emulator":
-        from .emulator._cli import main as emulator_main
+        from ..emulator._cli import main as emulator_main
 
         code: int = emulator_main(args[1:])
         return code
@@ -173,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     _logging(parsed.verbose)
-    from ._cli_commands import UsageError
-    from .errors import NanoBananaError, ValidationError
+    from ..errors import NanoBananaError, ValidationError
+    from ._commands import UsageError
 
     try:
         return _run(parsed)

@@ -13,7 +13,7 @@ from nanobanana_async import (
     TaskStatus,
     ValidationError,
 )
-from nanobanana_async._wire import (
+from nanobanana_async._http._wire import (
     decode_json,
     encode_request,
     parse_request,

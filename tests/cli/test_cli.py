@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from nanobanana_async import __version__, _cli_commands
+from nanobanana_async import __version__
+from nanobanana_async.cli import _commands as _cli_commands
 from nanobanana_async.cli import main
 from nanobanana_async.emulator import EmulatorConfig, ServiceTime
 from nanobanana_async.journal import Journal
@@ -26,7 +27,7 @@ def fast_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
     monkeypatch.setattr(_cli_commands, "emulator_config", config)
-    monkeypatch.setattr("nanobanana_async._cli_single.emulator_config", config, raising=True)
+    monkeypatch.setattr("nanobanana_async.cli._single.emulator_config", config, raising=True)
     monkeypatch.setattr(
         _cli_commands,
         "EMULATOR_POLL",

@@ -11,7 +11,7 @@ from nanobanana_async import SubmissionUnknownError, TaskFailedError
 from nanobanana_async.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 from nanobanana_async.journal import ItemState, Journal, JournalMismatchError
 
-from .helpers import client_for
+from ..helpers import client_for
 
 pytestmark = pytest.mark.anyio
 

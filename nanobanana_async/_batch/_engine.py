@@ -24,16 +24,16 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._ratelimit import AdaptiveRateLimiter
+from .._http._pacer import AdaptiveRateLimiter
+from .._http._wire import encode_request
+from .._polling._scheduler import TaskEntry, acquire
+from ..errors import NanoBananaError, ValidationError
+from ..journal import Journal, JournalMismatchError, JournalStateError
+from ..models import GenerationRequest, GenerationResult, TaskState, TaskStatus, Ticket
 from ._resume import Plan, ResumeBinding
-from ._wire import encode_request
-from .errors import NanoBananaError, ValidationError
-from .journal import Journal, JournalMismatchError, JournalStateError
-from .models import GenerationRequest, GenerationResult, TaskState, TaskStatus, Ticket
-from .scheduler import TaskEntry, acquire
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .._client import Client
 
 __all__ = ["BatchEvent", "BatchStream", "EventKind", "Outcome", "RequestSource"]
 

@@ -20,7 +20,7 @@ from nanobanana_async import (
 )
 from nanobanana_async.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 
-from .helpers import client_for
+from ..helpers import client_for
 
 pytestmark = pytest.mark.anyio
 

@@ -14,15 +14,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._cli_batch import Interrupt, RunOptions, RunResult, run_batch
-from ._cli_input import BadLine, count_candidates, read_requests
-from ._cli_summary import EXIT_USAGE, finish
-from ._cli_ui import Progress
-from ._policy import PollPolicy
-from ._wire import parse_request
-from .client import Client
-from .journal import Journal, JournalMismatchError
-from .models import GenerationRequest
+from .._client import Client
+from .._http._wire import parse_request
+from .._polling._policy import PollPolicy
+from ..journal import Journal, JournalMismatchError
+from ..models import GenerationRequest
+from ._batch import Interrupt, RunOptions, RunResult, run_batch
+from ._input import BadLine, count_candidates, read_requests
+from ._summary import EXIT_USAGE, finish
+from ._ui import Progress
 
 __all__ = ["UsageError", "batch_command", "client_kwargs", "demo_command", "emulator_config"]
 
@@ -38,7 +38,7 @@ class UsageError(Exception):
 
 def emulator_config(workers: int = 8) -> Any:
     """The in-process emulator's configuration: realistic timings at a tenth of real time."""
-    from .emulator import EmulatorConfig, ServiceTime
+    from ..emulator import EmulatorConfig, ServiceTime
 
     return EmulatorConfig(
         service_time=ServiceTime.lognormal(20.0, 0.5), time_scale=0.1, workers=workers
@@ -71,7 +71,7 @@ async def _execute(
     interrupt = Interrupt(progress)
     async with AsyncExitStack() as stack:
         if use_emulator:
-            from .emulator import Emulator
+            from ..emulator import Emulator
 
             emu = await stack.enter_async_context(Emulator(emulator_config()))
             client = Client(

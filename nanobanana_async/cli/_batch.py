@@ -16,14 +16,14 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._batch import BatchStream, Outcome
-from ._cli_input import BadLine
-from ._cli_ui import Progress
-from .client import Client, ClientStats
-from .download import Downloader
-from .errors import NanoBananaError, TaskCancelledError, TaskError
-from .journal import Journal, JournalItem
-from .models import GenerationRequest, GenerationResult
+from .._batch._engine import BatchStream, Outcome
+from .._client import Client, ClientStats
+from ..download import Downloader
+from ..errors import NanoBananaError, TaskCancelledError, TaskError
+from ..journal import Journal, JournalItem
+from ..models import GenerationRequest, GenerationResult
+from ._input import BadLine
+from ._ui import Progress
 
 __all__ = ["Interrupt", "ItemReport", "RunOptions", "RunResult", "run_batch"]
 

@@ -21,8 +21,8 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.preconf.json import make_converter
 
-from .errors import ProtocolError, ValidationError
-from .models import (
+from ..errors import ProtocolError, ValidationError
+from ..models import (
     AspectRatio,
     GenerationRequest,
     GenerationResult,

@@ -10,9 +10,9 @@ from typing import Any
 
 import attrs
 
-from ._cli_batch import RunResult
-from ._cli_ui import percentile, print_table
-from ._version import __version__
+from .._version import __version__
+from ._batch import RunResult
+from ._ui import percentile, print_table
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "exit_code", "finish"]
 

@@ -18,7 +18,7 @@ from nanobanana_async import (
 )
 from nanobanana_async.emulator import Emulator, EmulatorConfig, ServiceTime
 
-from .helpers import client_for, sdk_tasks
+from ..helpers import client_for, sdk_tasks
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from nanobanana_async._adaptive import CompletionModel
+from nanobanana_async._polling._model import CompletionModel
 
 MEDIAN, SIGMA = 20.0, 0.5
 

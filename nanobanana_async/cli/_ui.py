@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ._batch import BatchEvent, EventKind, Outcome
+from .._batch._engine import BatchEvent, EventKind, Outcome
 
 __all__ = ["Progress", "load_rich", "percentile", "print_table"]
 

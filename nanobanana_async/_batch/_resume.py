@@ -17,16 +17,16 @@ from typing import Any
 
 import attrs
 
-from ._wire import parse_response
-from .errors import (
+from .._http._wire import parse_response
+from ..errors import (
     APIStatusError,
     NanoBananaError,
     SubmissionUnknownError,
     TaskCancelledError,
     TaskFailedError,
 )
-from .journal import ItemState, Journal, JournalItem
-from .models import GenerationResult, Output, Ticket
+from ..journal import ItemState, Journal, JournalItem
+from ..models import GenerationResult, Output, Ticket
 
 __all__ = ["Plan", "ResumeBinding", "output_to_wire"]
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import attrs
 
-from ._cli_batch import Interrupt
-from ._cli_commands import EMULATOR_POLL, UsageError, client_kwargs, emulator_config
-from ._cli_summary import EXIT_INTERRUPTED, EXIT_OK
-from ._cli_ui import print_table
-from .client import Client
-from .download import Downloader
-from .journal import Journal
-from .models import GenerationRequest, GenerationResult
+from .._client import Client
+from ..download import Downloader
+from ..journal import Journal
+from ..models import GenerationRequest, GenerationResult
+from ._batch import Interrupt
+from ._commands import EMULATOR_POLL, UsageError, client_kwargs, emulator_config
+from ._summary import EXIT_INTERRUPTED, EXIT_OK
+from ._ui import print_table
 
 __all__ = [
     "cancel_command",
@@ -34,7 +34,7 @@ def _dump(value: Any) -> str:
 
 async def _open(stack: AsyncExitStack, args: argparse.Namespace) -> Client:
     if getattr(args, "emulator", False):
-        from .emulator import Emulator
+        from ..emulator import Emulator
 
         emu = await stack.enter_async_context(Emulator(emulator_config()))
         client = Client(emu.api_key, base_url=emu.base_url, poll=EMULATOR_POLL)

@@ -22,12 +22,11 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._adaptive import CompletionModel
-from ._policy import PollPolicy
-from ._ratelimit import AdaptiveRateLimiter
-from ._transport import Response, Transport
-from ._wire import parse_response, parse_status
-from .errors import (
+from .._http._pacer import AdaptiveRateLimiter
+from .._http._retry import NO_RETRY
+from .._http._transport import Response, Transport
+from .._http._wire import parse_response, parse_status
+from ..errors import (
     AuthenticationError,
     ClientStateError,
     InsufficientCreditsError,
@@ -41,9 +40,10 @@ from .errors import (
     TaskFailedError,
     error_from_response,
 )
-from .errors import TimeoutError as SDKTimeoutError
-from .models import GenerationResult, TaskState, TaskStatus, Ticket
-from .retry import NO_RETRY
+from ..errors import TimeoutError as SDKTimeoutError
+from ..models import GenerationResult, TaskState, TaskStatus, Ticket
+from ._model import CompletionModel
+from ._policy import PollPolicy
 
 __all__ = ["PollPolicy", "PollScheduler", "TaskEntry", "acquire"]
 

@@ -1,0 +1,1 @@
+"""The HTTP layer: transport (session, auth pinning, retries, timeouts), pacer, wire format."""

@@ -1,0 +1,1 @@
+"""The polling layer: task entries and their states, the scheduler loop, the completion model."""
