@@ -47,7 +47,7 @@ async def one_size(emu: StandaloneEmulator, n: int, rate: float, window: float) 
             # One full interval after the last create, every task has had its first poll: from
             # then on the poll rate is steady.
             await anyio.sleep(interval * 1.1)
-            scheduler = client._scheduler
+            scheduler = client._runtime.scheduler
             assert scheduler is not None
             polls0, cpu0 = scheduler.polls_sent, cpu_seconds()
             late0 = scheduler.lateness_total

@@ -6,39 +6,30 @@ import enum
 import os
 import random
 import re
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
-import anyio.abc
 import attrs
 
-from ._batch._engine import BatchEvent, BatchStream, Outcome, RequestSource
+from ._batch._engine import BatchStream
+from ._batch._types import DEFAULT_MAX_IN_FLIGHT, BatchOptions, RequestSource, as_request
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, Timeout
 from ._http._retry import DEFAULT_RETRY, RetryPolicy
 from ._http._transport import HttpEvent, Transport
-from ._http._wire import encode_request, parse_status, parse_ticket
 from ._jobs import Job
 from ._polling._policy import PollPolicy
-from ._polling._scheduler import PollScheduler
-from .errors import (
-    ClientStateError,
-    NanoBananaError,
-    ProtocolError,
-    SubmissionUnknownError,
-    ValidationError,
-)
-from .journal import Journal
+from ._runtime import Runtime
+from .errors import ClientStateError, NanoBananaError, ValidationError
 from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MODEL", "Client", "ClientStats"]
 
 DEFAULT_BASE_URL = "https://cloud.seaart.ai/model"
 DEFAULT_MODEL = "nano_banana_pro"
-DEFAULT_MAX_IN_FLIGHT = 64
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -112,10 +103,11 @@ class Client:
     ``api_key_file``) and ``base_url`` to ``NANOBANANA_BASE_URL`` (default
     ``https://cloud.seaart.ai/model``). Leaving the block (or ``aclose()``) cancels on the
     service the tasks still being waited on (``job.result()``/``generate`` callers and open
-    streams), unless ``aclose(detach=True)``; a stream abandoned earlier cancels its own tasks
-    unless it was opened with ``cancel_on_abandon=False``. ``hooks`` are called with an
-    ``HttpEvent`` after every HTTP exchange (for your logging; never carries the key).
-    ``seed`` makes the jitter reproducible (tests).
+    streams), within ``Timeout.close`` seconds overall, unless ``aclose(detach=True)``; a stream
+    abandoned earlier cancels its own tasks unless it was opened with
+    ``cancel_on_abandon=False``. ``hooks`` are called with an ``HttpEvent`` after every HTTP
+    exchange (for your logging; never carries the key; a hook that raises is logged and
+    ignored). ``seed`` makes the jitter reproducible (tests).
     """
 
     def __init__(
@@ -142,8 +134,16 @@ class Client:
         ):
             if not isinstance(value, cls):
                 raise ValidationError(name, value, f"must be a {cls.__name__}")
-        self._rng = random.Random(seed)
-        self._transport = Transport(
+        if poll is not None and not isinstance(poll, PollPolicy):
+            raise ValidationError("poll", poll, "must be a PollPolicy or None")
+        if not isinstance(cancel_on_abandon, bool):
+            raise ValidationError("cancel_on_abandon", cancel_on_abandon, "must be True or False")
+        hooks = tuple(hooks)
+        for hook in hooks:
+            if not callable(hook):
+                raise ValidationError("hooks", hook, "must be callables taking an HttpEvent")
+        rng = random.Random(seed)
+        transport = Transport(
             api_key=_resolve_key(api_key, api_key_file),
             base_url=_check_base_url(base_url),
             model=model,
@@ -151,30 +151,27 @@ class Client:
             timeout=timeout,
             limits=limits,
             hooks=hooks,
-            rng=self._rng,
+            rng=rng,
         )
         self.poll_policy = poll or PollPolicy()
         self.cancel_on_abandon = cancel_on_abandon
+        self._runtime = Runtime(transport, self.poll_policy, rng=rng)
         self._state = _State.UNOPENED
         self._stack: AsyncExitStack | None = None
-        self._scheduler: PollScheduler | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._counters = {"submitted": 0, "succeeded": 0, "failed": 0}
-        self._create_limiter = anyio.CapacityLimiter(limits.max_concurrent_creates)
 
     def __repr__(self) -> str:
-        t = self._transport
+        t = self._runtime.transport
         return f"<Client {t.base_url!r} model={t.model!r} {self._state.value}>"
 
     @property
     def base_url(self) -> str:
         """The API base URL in use."""
-        return self._transport.base_url
+        return self._runtime.transport.base_url
 
     @property
     def model(self) -> str:
         """The model id tasks are submitted to."""
-        return self._transport.model
+        return self._runtime.transport.model
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -186,19 +183,9 @@ class Client:
                 else "the Client is already open"
             )
         stack = AsyncExitStack()
-        await self._transport.open()
-        stack.push_async_callback(self._close_transport)
         try:
             tg = await stack.enter_async_context(anyio.create_task_group())
-            self._scheduler = PollScheduler(
-                self._transport,
-                self.poll_policy,
-                max_concurrent_polls=self._transport.limits.max_concurrent_polls,
-                rng=self._rng,
-            )
-            await tg.start(self._scheduler.run)
-            stack.callback(tg.cancel_scope.cancel)
-            self._tg = tg
+            await tg.start(self._runtime.run)
         except BaseException:
             await stack.aclose()
             raise
@@ -217,39 +204,24 @@ class Client:
     async def aclose(self, *, detach: bool = False) -> None:
         """Close the client: cancel waited-on tasks remotely (unless ``detach``), stop polling.
 
-        Idempotent. Call it from the task and scope that opened the client, as ``async with``
-        and lifespan hooks (FastAPI ``lifespan``, aiohttp ``cleanup_ctx``) do.
+        Idempotent. The remote cancels go out concurrently and take at most ``Timeout.close``
+        seconds together. Call it from the task and scope that opened the client, as
+        ``async with`` and lifespan hooks (FastAPI ``lifespan``, aiohttp ``cleanup_ctx``) do.
         """
         if self._state is not _State.OPEN:
             self._state = _State.CLOSED
             return
         self._state = _State.CLOSED
-        scheduler, stack = self._scheduler, self._stack
-        assert scheduler is not None and stack is not None
+        stack = self._stack
+        assert stack is not None
         try:
-            if not detach and self.cancel_on_abandon:
-                pending = [e for e in scheduler.entries() if e.waiters or e.listeners]
-                limiter = anyio.CapacityLimiter(16)
-
-                async def cancel(entry: Any) -> None:
-                    async with limiter:
-                        await scheduler.cancel_remote(entry)
-
-                with anyio.CancelScope(shield=True):
-                    async with anyio.create_task_group() as tg:
-                        for entry in pending:
-                            tg.start_soon(cancel, entry)
-            scheduler.close()
+            await self._runtime.shutdown(cancel_remote=not detach and self.cancel_on_abandon)
         finally:
             await stack.aclose()
 
-    async def _close_transport(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._transport.close()
-
-    def _require_open(self) -> PollScheduler:
-        if self._state is _State.OPEN and self._scheduler is not None:
-            return self._scheduler
+    def _require_open(self) -> Runtime:
+        if self._state is _State.OPEN:
+            return self._runtime
         if self._state is _State.UNOPENED:
             raise ClientStateError("use the Client inside 'async with Client(...) as client:'")
         raise ClientStateError("the Client is closed")
@@ -257,19 +229,7 @@ class Client:
     @property
     def stats(self) -> ClientStats:
         """Counters: requests sent, 429s received, polls, tasks watched and finished."""
-        s = self._scheduler
-        c = self._counters
-        return ClientStats(
-            submitted=c["submitted"],
-            in_flight=s.watching if s else 0,
-            succeeded=c["succeeded"],
-            failed=c["failed"],
-            send_rate=self._transport.pacer.rate,
-            requests_sent=self._transport.requests_sent,
-            rate_limited=self._transport.rate_limited,
-            polls_sent=s.polls_sent if s else 0,
-            finished=s.finished if s else 0,
-        )
+        return ClientStats(**self._runtime.stats_counts())
 
     # -- single tasks -----------------------------------------------------------------------
 
@@ -277,11 +237,12 @@ class Client:
         self, request: GenerationRequest | str, *, retry: RetryPolicy | None = None
     ) -> Job:
         """Create a task and return its ``Job`` (the create is never retried ambiguously)."""
-        request = _as_request(request)
-        self._require_open()
-        async with self._create_limiter:
-            ticket = await self._create(request, retry)
-        return Job(self, ticket)
+        request = as_request(request)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValidationError("retry", retry, "must be a RetryPolicy or None")
+        runtime = self._require_open()
+        ticket = await runtime.create(request, retry=retry)
+        return Job(runtime, ticket, self.cancel_on_abandon)
 
     async def generate(
         self,
@@ -299,7 +260,7 @@ class Client:
         """A handle on an existing task, by id (e.g. one submitted by another process)."""
         if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 256:
             raise ValidationError("request_id", request_id, "must be a non-empty string")
-        return Job(self, Ticket(request_id))
+        return Job(self._runtime, Ticket(request_id), self.cancel_on_abandon)
 
     async def status(self, request_id: str) -> TaskStatus:
         """The current status of a task, by id."""
@@ -324,134 +285,62 @@ class Client:
     # -- many tasks -------------------------------------------------------------------------
 
     def stream(
-        self,
-        requests: RequestSource,
-        *,
-        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        submit_rate: float | None = None,
-        cancel_on_abandon: bool | None = None,
-        on_event: Callable[[BatchEvent], None] | None = None,
-        journal: Journal | str | os.PathLike[str] | None = None,
-        resubmit_unknown: bool = False,
+        self, requests: RequestSource, options: BatchOptions | None = None, **overrides: Any
     ) -> BatchStream:
         """Submit many tasks and yield each ``Outcome`` as its task finishes.
 
         ``requests`` is any iterable or async iterable of ``GenerationRequest`` or prompt
         strings, read lazily: the next input is read only when fewer than ``max_in_flight``
-        tasks are submitted and not yet consumed. ``submit_rate`` caps creates per second.
-        One item's failure is that item's outcome; the others go on. Leaving the loop early
-        (``break``, cancellation) stops submitting and cancels the tasks still running
-        (unless ``cancel_on_abandon=False``); ``async with client.stream(...) as s`` makes
-        that cleanup deterministic. With ``journal`` (a path or an open ``Journal``) every
-        intent, id and outcome is recorded durably, and a rerun with the same input resumes:
-        finished items are replayed, submitted ones re-attached, ambiguous ones reported
-        (created again only with ``resubmit_unknown=True``).
+        tasks are submitted and not yet consumed (a sync iterable that is not an in-memory
+        collection, such as a file, is read in a worker thread). ``options`` is a
+        ``BatchOptions``; any of its fields may also be given as a keyword
+        (``max_in_flight=8``, ``submit_rate``, ``cancel_on_abandon``, ``on_event``,
+        ``journal``, ``resubmit_unknown``). One item's failure is that item's outcome; the
+        others go on. If the input iterable or the journal fails, nothing more is created,
+        the tasks already created are still delivered, and then the loop raises that error.
+        Leaving the loop early (``break``, cancellation) stops submitting and cancels the tasks
+        still running (unless ``cancel_on_abandon=False``); ``async with client.stream(...)
+        as s`` makes that cleanup deterministic. With ``journal`` every intent, id and outcome
+        is recorded durably, and a rerun with the same input resumes: finished items are
+        replayed, submitted ones re-attached, ambiguous ones reported (created again only with
+        ``resubmit_unknown=True``).
         """
-        self._require_open()
-        return BatchStream(
-            self,
-            requests,
-            max_in_flight=max_in_flight,
-            submit_rate=submit_rate,
-            cancel_on_abandon=self.cancel_on_abandon
-            if cancel_on_abandon is None
-            else cancel_on_abandon,
-            on_event=on_event,
-            journal=journal,
-            resubmit_unknown=resubmit_unknown,
+        if options is not None and not isinstance(options, BatchOptions):
+            raise ValidationError("options", options, "must be a BatchOptions or None")
+        opts = (options or _DEFAULT_BATCH).with_overrides(overrides)
+        runtime = self._require_open()
+        cancel = (
+            self.cancel_on_abandon if opts.cancel_on_abandon is None else opts.cancel_on_abandon
         )
+        return BatchStream(runtime, requests, opts, cancel)
 
     async def map(
         self,
         requests: RequestSource,
+        options: BatchOptions | None = None,
         *,
         return_exceptions: bool = False,
-        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        submit_rate: float | None = None,
-        cancel_on_abandon: bool | None = None,
-        on_event: Callable[[BatchEvent], None] | None = None,
-        journal: Journal | str | os.PathLike[str] | None = None,
-        resubmit_unknown: bool = False,
+        **overrides: Any,
     ) -> list[GenerationResult | NanoBananaError]:
         """Run every request and return the results in input order.
 
         With ``return_exceptions=False`` the first failure is raised, and the tasks still
         running are cancelled; with ``True`` each failed item's error takes its place. The
-        other options are those of ``stream``.
+        options are those of ``stream``.
         """
         found: dict[int, GenerationResult | NanoBananaError] = {}
-        async with self.stream(
-            requests,
-            max_in_flight=max_in_flight,
-            submit_rate=submit_rate,
-            cancel_on_abandon=cancel_on_abandon,
-            on_event=on_event,
-            journal=journal,
-            resubmit_unknown=resubmit_unknown,
-        ) as outcomes:
+        async with self.stream(requests, options, **overrides) as outcomes:
             async for outcome in outcomes:
-                if outcome.error is not None and not return_exceptions:
-                    raise outcome.error
-                found[outcome.index] = outcome.result or outcome.error  # type: ignore[assignment]
-        return [found[i] for i in range(len(found))]
-
-    # -- used by Job and the batch engine ----------------------------------------------------
-
-    def _spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        if self._tg is None or self._state is not _State.OPEN:
-            raise ClientStateError("the Client is closed")
-        self._tg.start_soon(func)
-
-    def _coerce(self, request: object) -> GenerationRequest:
-        return _as_request(request)
-
-    async def _create(self, request: GenerationRequest, retry: RetryPolicy | None = None) -> Ticket:
-        body = encode_request(request)
-        resp = await self._transport.request(
-            "POST", self._transport.create_url, kind="create", json_body=body, retry=retry
-        )
-        try:
-            ticket = parse_ticket(resp.json())
-        except ProtocolError as exc:
-            raise SubmissionUnknownError(
-                f"create answered {resp.status} with an unreadable body", request_body=body
-            ) from exc
-        self._counters["submitted"] += 1
-        return ticket
-
-    def _count_outcome(self, outcome: Outcome) -> None:
-        self._counters["succeeded" if outcome.ok else "failed"] += 1
-
-    async def _fetch_status(self, ticket: Ticket) -> TaskStatus:
-        self._require_open()
-        url = self._transport.task_url(ticket.request_id, "status", ticket.status_url)
-        resp = await self._transport.request("GET", url, kind="status")
-        return parse_status(resp.json())
-
-    async def _wait(
-        self, ticket: Ticket, *, timeout: float | None, cancel_on_abandon: bool | None
-    ) -> GenerationResult:
-        _check_timeout(timeout)
-        scheduler = self._require_open()
-        entry = scheduler.watch(ticket)
-        abandon = self.cancel_on_abandon if cancel_on_abandon is None else cancel_on_abandon
-        return await scheduler.wait(entry, timeout=timeout, cancel_on_abandon=abandon)
-
-    async def _cancel(self, ticket: Ticket) -> bool:
-        self._require_open()
-        url = self._transport.task_url(ticket.request_id, "cancel", ticket.cancel_url)
-        resp = await self._transport.request(
-            "PUT", url, kind="cancel", ok_statuses=frozenset({400})
-        )
-        return resp.status < 300
+                if outcome.error is not None:
+                    if not return_exceptions:
+                        raise outcome.error
+                    found[outcome.index] = outcome.error
+                elif outcome.result is not None:
+                    found[outcome.index] = outcome.result
+        return [found[i] for i in sorted(found)]
 
 
-def _as_request(request: object) -> GenerationRequest:
-    if isinstance(request, GenerationRequest):
-        return request
-    if isinstance(request, str):
-        return GenerationRequest(request)
-    raise ValidationError("request", request, "must be a GenerationRequest or a prompt string")
+_DEFAULT_BATCH = BatchOptions()
 
 
 def _check_timeout(timeout: float | None) -> None:

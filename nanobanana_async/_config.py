@@ -19,13 +19,16 @@ class Timeout:
     """Timeouts in seconds: ``connect`` and ``read`` per attempt, ``deadline`` per call.
 
     The deadline bounds a whole API call, retries and their waits included. ``cancel`` bounds
-    the shielded cancel request sent when a wait is abandoned or the client closes.
+    each cancel request sent when a wait is abandoned or the client closes; ``close`` bounds all
+    of that cleanup together (cancels go out concurrently; what is not confirmed by then is
+    logged and left to finish on the service), so closing never hangs on a stalled service.
     """
 
     connect: float = attrs.field(default=10.0, validator=_positive)
     read: float = attrs.field(default=30.0, validator=_positive)
     deadline: float = attrs.field(default=120.0, validator=_positive)
     cancel: float = attrs.field(default=5.0, validator=_positive)
+    close: float = attrs.field(default=10.0, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from .errors import ValidationError
 from .models import GenerationResult, TaskStatus, Ticket
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._runtime import Runtime
 
 __all__ = ["Job"]
 
@@ -16,10 +17,11 @@ __all__ = ["Job"]
 class Job:
     """A task on the service: ``await job`` (or ``job.result()``) for its result."""
 
-    __slots__ = ("_client", "ticket")
+    __slots__ = ("_cancel_on_abandon", "_runtime", "ticket")
 
-    def __init__(self, client: Client, ticket: Ticket) -> None:
-        self._client = client
+    def __init__(self, runtime: Runtime, ticket: Ticket, cancel_on_abandon: bool = True) -> None:
+        self._runtime = runtime
+        self._cancel_on_abandon = cancel_on_abandon
         self.ticket = ticket
 
     @property
@@ -32,7 +34,7 @@ class Job:
 
     async def status(self) -> TaskStatus:
         """Fetch the task's current status (one request)."""
-        return await self._client._fetch_status(self.ticket)
+        return await self._runtime.fetch_status(self.ticket)
 
     async def result(
         self, *, timeout: float | None = None, cancel_on_abandon: bool | None = None
@@ -40,16 +42,20 @@ class Job:
         """Wait for the task to finish and return its result.
 
         Raises ``TaskFailedError`` / ``TaskCancelledError`` when the task ends without a result,
-        and ``TimeoutError`` after ``timeout`` seconds. If the wait is cancelled or times out, the
-        task is cancelled on the service too, unless ``cancel_on_abandon=False``.
+        and ``RequestTimeoutError`` after ``timeout`` seconds. If the wait is cancelled or times
+        out, and no one else waits for the task, it is cancelled on the service too, unless
+        ``cancel_on_abandon=False``.
         """
-        return await self._client._wait(
-            self.ticket, timeout=timeout, cancel_on_abandon=cancel_on_abandon
-        )
+        if timeout is not None and not timeout > 0:
+            raise ValidationError("timeout", timeout, "must be > 0 seconds or None")
+        if cancel_on_abandon is not None and not isinstance(cancel_on_abandon, bool):
+            raise ValidationError("cancel_on_abandon", cancel_on_abandon, "must be a bool or None")
+        cancel = self._cancel_on_abandon if cancel_on_abandon is None else cancel_on_abandon
+        return await self._runtime.wait(self.ticket, timeout=timeout, cancel_on_abandon=cancel)
 
     async def cancel(self) -> bool:
         """Ask the service to cancel the task; False if it had already finished."""
-        return await self._client._cancel(self.ticket)
+        return await self._runtime.cancel(self.ticket)
 
     def __await__(self) -> Generator[Any, None, GenerationResult]:
         return self.result().__await__()

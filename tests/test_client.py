@@ -292,7 +292,7 @@ def test_api_key_file_read_once(tmp_path: pytest.TempPathFactory) -> None:
     path.write_text("file-secret\n")
     client = Client(api_key_file=path, base_url="http://127.0.0.1:9/model")
     path.write_text("changed")
-    assert client._transport._auth == "Bearer file-secret"
+    assert client._runtime.transport._auth == "Bearer file-secret"
     with pytest.raises(ValidationError) as info:
         Client(api_key_file=Path(str(tmp_path)) / "missing")
     assert info.value.field == "api_key_file"

@@ -1,24 +1,27 @@
 """The batch engine behind ``Client.stream`` and ``Client.map``.
 
 Inputs are read lazily, one only when an in-flight slot is free (backpressure), submitted under
-the submit rate and the client's bound on concurrent creates, then handed to the client's poll
-scheduler as entries with a completion listener: no coroutine per task once it is submitted. An
-item's slot is released when the consumer takes its outcome, so the outcome buffer never holds
-more than ``max_in_flight`` items. Abandoning the stream (``break``, cancellation, ``aclose``)
-stops reading input, lets creates already on the wire finish (their ids must not be lost), and
-cancels the remote tasks still running, per ``cancel_on_abandon``.
+the submit rate and the client's bound on concurrent creates, then handed to the poll scheduler
+as entries with a completion listener: no coroutine per task once it is submitted. An item's slot
+is released when the consumer takes its outcome, so the outcome buffer never holds more than
+``max_in_flight`` items.
+
+Containment: the input iterable, ``on_event`` and the journal are the user's or the disk's, and
+may fail. Such a failure stops the batch from *creating* anything more; every task already
+created is still polled and its outcome delivered (and logged with its request id), and then the
+consumer's ``async for`` raises the failure. Nothing escapes into the client's task group.
+Abandoning the stream (``break``, cancellation, ``aclose``) stops reading input, lets creates
+already on the wire finish (their ids must not be lost), and cancels the remote tasks still
+running, per ``cancel_on_abandon``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-import os
-import sqlite3
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -26,74 +29,34 @@ import attrs
 
 from .._http._pacer import AdaptiveRateLimiter
 from .._http._wire import encode_request
-from .._polling._scheduler import TaskEntry, acquire
-from ..errors import NanoBananaError, ValidationError
-from ..journal import Journal, JournalMismatchError, JournalStateError
-from ..models import GenerationRequest, GenerationResult, TaskState, TaskStatus, Ticket
+from .._polling._entry import TaskEntry
+from .._polling._scheduler import acquire
+from ..errors import (
+    ClientStateError,
+    JournalError,
+    JournalMismatchError,
+    JournalStateError,
+    NanoBananaError,
+    ValidationError,
+)
+from ..models import GenerationRequest, GenerationResult, TaskState, TaskStatus
 from ._resume import Plan, ResumeBinding
+from ._types import (
+    BatchEvent,
+    BatchOptions,
+    EventKind,
+    Outcome,
+    RequestLike,
+    RequestSource,
+    as_request,
+)
 
 if TYPE_CHECKING:
-    from .._client import Client
+    from .._runtime import Runtime
 
-__all__ = ["BatchEvent", "BatchStream", "EventKind", "Outcome", "RequestSource"]
+__all__ = ["BatchEvent", "BatchStream", "EventKind", "Outcome", "RequestLike", "RequestSource"]
 
 logger = logging.getLogger("nanobanana_async")
-RequestLike: TypeAlias = "GenerationRequest | str"
-RequestSource: TypeAlias = "Iterable[RequestLike] | AsyncIterable[RequestLike]"
-
-
-@attrs.frozen
-class Outcome:
-    """How one input item ended: its result, or the error that stopped it."""
-
-    index: int
-    request: GenerationRequest | None
-    request_id: str | None = None
-    result: GenerationResult | None = None
-    error: NanoBananaError | None = None
-    submitted_at: float | None = None
-    finished_at: float | None = None
-    resumed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when the item produced a result."""
-        return self.result is not None
-
-    @property
-    def latency(self) -> float | None:
-        """Seconds from submit to the moment the SDK saw the task finish."""
-        if self.submitted_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.submitted_at
-
-    def unwrap(self) -> GenerationResult:
-        """The result, or raise the item's error."""
-        if self.result is not None:
-            return self.result
-        assert self.error is not None
-        raise self.error
-
-
-class EventKind(str, enum.Enum):
-    """What a ``BatchEvent`` reports."""
-
-    SUBMITTED = "submitted"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-@attrs.frozen
-class BatchEvent:
-    """A progress event of one item of a batch (cheap: emitted synchronously)."""
-
-    kind: EventKind
-    index: int
-    request_id: str | None = None
-    queue_position: int | None = None
-    error: NanoBananaError | None = None
 
 
 @attrs.define(eq=False)
@@ -114,8 +77,10 @@ class BatchStream:
     abandons the batch.
     """
 
-    def __init__(self, client: Client, source: RequestSource, **options: Any) -> None:
-        self._engine = _Engine(client, source, **options)
+    def __init__(
+        self, runtime: Runtime, source: RequestSource, options: BatchOptions, cancel: bool
+    ) -> None:
+        self._engine = _Engine(runtime, source, options, cancel)
 
     def __repr__(self) -> str:
         return repr(self._engine)
@@ -156,32 +121,23 @@ class _Engine:
     """Feeds inputs, submits them, and turns scheduler completions into outcomes."""
 
     def __init__(
-        self,
-        client: Client,
-        source: RequestSource,
-        *,
-        max_in_flight: int,
-        submit_rate: float | None,
-        cancel_on_abandon: bool,
-        on_event: Callable[[BatchEvent], None] | None,
-        journal: Journal | str | os.PathLike[str] | None = None,
-        resubmit_unknown: bool = False,
+        self, runtime: Runtime, source: RequestSource, options: BatchOptions, cancel: bool
     ) -> None:
-        if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValidationError("max_in_flight", max_in_flight, "must be an integer >= 1")
-        if submit_rate is not None and not submit_rate > 0:
-            raise ValidationError("submit_rate", submit_rate, "must be > 0 creates/s or None")
         if not isinstance(source, (Iterable, AsyncIterable)) or isinstance(source, (str, bytes)):
             raise ValidationError("requests", source, "must be an iterable of requests or prompts")
-        self._client = client
+        self._runtime = runtime
         self._source = source
-        self._cancel_on_abandon = cancel_on_abandon
-        self._on_event = on_event
-        self._slots = anyio.CapacityLimiter(max_in_flight)
-        self._pacer = AdaptiveRateLimiter(max_rate=submit_rate) if submit_rate else None
-        self._send, self._receive = anyio.create_memory_object_stream[Outcome](max_in_flight)
+        self._cancel_on_abandon = cancel
+        self._on_event = options.on_event
+        self._slots = anyio.CapacityLimiter(options.max_in_flight)
+        rate = options.submit_rate
+        self._pacer = AdaptiveRateLimiter(max_rate=rate) if rate else None
+        self._send, self._receive = anyio.create_memory_object_stream[Outcome](
+            options.max_in_flight
+        )
         self._items: dict[int, _Item] = {}
         self._scope = anyio.CancelScope()
+        self._feed_scope = anyio.CancelScope()
         self._idle = anyio.Event()
         self._finished = anyio.Event()
         self._feeding = True
@@ -190,8 +146,9 @@ class _Engine:
         self._abandoned = False
         self._fatal: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        journal = options.journal
         self._resume = (
-            ResumeBinding(journal, resubmit_unknown=resubmit_unknown)
+            ResumeBinding(journal, resubmit_unknown=options.resubmit_unknown)
             if journal is not None
             else None
         )
@@ -205,19 +162,21 @@ class _Engine:
         return self._started and not self._finished.is_set()
 
     async def next_outcome(self) -> Outcome:
-        """The next outcome in completion order; ``StopAsyncIteration`` at the end."""
+        """The next outcome in completion order; at the end, the batch's failure or the end."""
         if not self._started:
             self._started = True
-            self._client._spawn(self._run)
+            self._runtime.spawn(self._run, on_error=self._fail, name="nanobanana-batch")
         try:
             outcome = await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._fatal is not None:
-                raise self._fatal from None
-            raise StopAsyncIteration from None
+            outcome = None
         except BaseException:
             self.abandon()
             raise
+        if outcome is None:
+            if self._fatal is not None:
+                raise self._fatal
+            raise StopAsyncIteration
         item = self._items.pop(outcome.index)
         self._slots.release_on_behalf_of(item)
         return outcome
@@ -235,13 +194,14 @@ class _Engine:
             await self._finished.wait()
         self._receive.close()
 
-    # -- engine side (runs in the client's task group) -------------------------------------
+    # -- engine side (runs in the runtime's task group) ------------------------------------
 
     def _fail(self, error: BaseException) -> None:
-        """A batch-wide failure (e.g. a journal of other input): stop, then raise it."""
+        """A batch-wide failure: create nothing more; deliver what exists, then raise it."""
         if self._fatal is None:
             self._fatal = error
-        self.abandon()
+            logger.error("batch stopped: %s", error)
+        self._feed_scope.cancel()
 
     async def _run(self) -> None:
         try:
@@ -249,20 +209,27 @@ class _Engine:
                 if self._resume is not None:
                     try:
                         await self._resume.start()
-                    except (OSError, ValueError, RuntimeError) as exc:
-                        self._fail(exc)
+                    except (JournalError, OSError, ValueError, RuntimeError) as exc:
+                        self._fail(_as_journal_error(exc, "open the journal"))
                         return
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    await self._feed(tg)
+                    with self._feed_scope:
+                        await self._feed(tg)
                     self._feeding = False
                     if self._undelivered:
                         await self._idle.wait()
+        except Exception as exc:  # a bug in the engine: the consumer hears of it, not the client
+            logger.exception("batch engine failed")
+            self._fail(exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
                 if self._resume is not None:
-                    await self._resume.close()
+                    try:
+                        await self._resume.close()
+                    except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
+                        self._fail(_as_journal_error(exc, "close the journal"))
             self._send.close()
             self._finished.set()
 
@@ -278,15 +245,34 @@ class _Engine:
             except StopAsyncIteration:
                 self._slots.release_on_behalf_of(item)
                 return
+            except Exception as exc:  # noqa: BLE001 - the user's input: theirs to hear, after the rest
+                self._slots.release_on_behalf_of(item)
+                logger.error("the input of the batch raised after %d items: %r", index, exc)
+                self._fail(exc)
+                return
+            except BaseException:
+                self._slots.release_on_behalf_of(item)
+                raise
             self._items[index] = item
             self._undelivered += 1
             tg.start_soon(self._submit, item, raw)
             index += 1
 
     async def _submit(self, item: _Item, raw: Any) -> None:
-        client = self._client
         try:
-            item.request = request = client._coerce(raw)
+            await self._submit_one(item, raw)
+        except Exception as exc:  # a bug: end this item (and the batch) with it, visibly
+            logger.exception("submitting item %d failed", item.index)
+            self._fail(exc)
+            if not item.delivered and item.entry is None:
+                if item.request_id is not None:
+                    self._deliver(item, error=ClientStateError(f"item lost its watch: {exc!r}"))
+                else:
+                    self._skip(item)
+
+    async def _submit_one(self, item: _Item, raw: Any) -> None:
+        try:
+            item.request = request = as_request(raw)
         except ValidationError as exc:
             self._deliver(item, error=exc)
             return
@@ -294,8 +280,13 @@ class _Engine:
         if self._resume is not None:
             try:
                 plan = await self._resume.plan(item.index, encode_request(request))
-            except (JournalMismatchError, JournalStateError, OSError, sqlite3.Error) as exc:
+            except (JournalMismatchError, JournalStateError) as exc:
                 self._fail(exc)
+                self._skip(item)
+                return
+            except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
+                self._fail(_as_journal_error(exc, f"record the intent of item {item.index}"))
+                self._skip(item)
                 return
         if plan.result is not None or plan.error is not None:
             item.request_id = (plan.result.request_id if plan.result else None) or getattr(
@@ -306,39 +297,50 @@ class _Engine:
         if plan.ticket is not None:
             ticket = plan.ticket  # submitted by an earlier run: re-attach, never create again
         else:
-            if self._pacer is not None:
+            if self._pacer is not None and self._fatal is None:
                 await self._pacer.acquire()
-            await acquire(client._create_limiter, item)
-            try:
-                # Once on the wire a create is seen through even if the batch is abandoned,
-                # and its id recorded: the task may be billed.
-                with anyio.CancelScope(shield=True):
-                    ticket = await self._create(item.index, request)
-            except NanoBananaError as exc:
-                self._deliver(item, error=exc)
+            if self._fatal is not None:  # the batch stopped: create nothing more
+                self._skip(item)
                 return
-            finally:
-                client._create_limiter.release_on_behalf_of(item)
+            # Once on the wire a create is seen through even if the batch is abandoned, and
+            # its id recorded: the task may be billed.
+            with anyio.CancelScope(shield=True):
+                try:
+                    ticket = await self._runtime.create(request, token=item)
+                except NanoBananaError as exc:
+                    await self._journal("create_failed", item, exc)
+                    self._deliver(item, error=exc)
+                    return
+                await self._journal("created", item, ticket)
         item.request_id = ticket.request_id
-        item.submitted_at = anyio.current_time()
+        item.submitted_at = self._runtime.now()
         self._emit(EventKind.SUBMITTED, item)
-        scheduler = client._require_open()
-        entry = scheduler.watch(ticket, submitted_at=item.submitted_at)
+        try:
+            entry = self._runtime.watch(ticket, submitted_at=item.submitted_at)
+        except ClientStateError as exc:
+            logger.error("task %s created but cannot be watched: %s", ticket.request_id, exc)
+            self._deliver(item, error=exc)
+            return
         item.entry = entry
         entry.listeners.append(lambda e: self._on_done(item, e))
         if self._on_event is not None:
             entry.observers.append(lambda e, s: self._on_status(item, s))
 
-    async def _create(self, index: int, request: GenerationRequest) -> Ticket:
+    async def _journal(self, what: str, item: _Item, value: Any) -> None:
+        """Record a create's answer; a journal failure stops the batch but loses no task."""
+        if self._resume is None:
+            return
         try:
-            ticket = await self._client._create(request)
-        except NanoBananaError as exc:
-            if self._resume is not None:
-                await self._resume.create_failed(index, exc)
-            raise
-        if self._resume is not None:
-            await self._resume.created(index, ticket)
-        return ticket
+            if what == "created":
+                await self._resume.created(item.index, value)
+            else:
+                await self._resume.create_failed(item.index, value)
+        except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
+            request_id = getattr(value, "request_id", None)
+            logger.error(
+                "journal: could not record item %d (request id %s): %r", item.index, request_id, exc
+            )
+            self._fail(_as_journal_error(exc, f"record item {item.index} ({request_id})"))
 
     def _on_status(self, item: _Item, status: TaskStatus) -> None:
         if status.state is TaskState.IN_QUEUE:
@@ -361,8 +363,8 @@ class _Engine:
         with anyio.CancelScope(shield=True):
             try:
                 await self._resume.finished(index, result, error)
-            except (OSError, ValueError, RuntimeError, sqlite3.Error) as exc:
-                logger.error("could not record the outcome of item %d: %s", index, exc)
+            except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
+                self._fail(_as_journal_error(exc, f"record the outcome of item {index}"))
 
     def _deliver(
         self,
@@ -373,6 +375,8 @@ class _Engine:
         finished_at: float | None = None,
         resumed: bool = False,
     ) -> None:
+        if item.delivered:
+            return
         outcome = Outcome(
             item.index,
             item.request,
@@ -380,19 +384,30 @@ class _Engine:
             result,
             error,
             item.submitted_at,
-            finished_at if finished_at is not None else anyio.current_time(),
+            finished_at if finished_at is not None else self._runtime.now(),
             resumed,
         )
         item.delivered = True
         self._undelivered -= 1
-        self._client._count_outcome(outcome)
-        self._emit(
-            EventKind.SUCCEEDED if result is not None else EventKind.FAILED, item, error=error
-        )
+        self._runtime.count_outcome(outcome.ok)
+        self._emit(EventKind.SUCCEEDED if outcome.ok else EventKind.FAILED, item, error=error)
         try:
             self._send.send_nowait(outcome)  # never blocks: the buffer holds max_in_flight
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
             logger.debug("outcome of item %d dropped: the stream was closed", item.index)
+        self._check_idle()
+
+    def _skip(self, item: _Item) -> None:
+        """An item read but never created (the batch stopped first): no outcome, no slot."""
+        if item.delivered:
+            return
+        item.delivered = True
+        self._undelivered -= 1
+        if self._items.pop(item.index, None) is not None:
+            self._slots.release_on_behalf_of(item)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
         if not self._feeding and not self._undelivered:
             self._idle.set()
 
@@ -415,33 +430,36 @@ class _Engine:
         """On abandonment, stop polling this batch's tasks and cancel them remotely."""
         if not self._abandoned:
             return
-        scheduler = self._client._scheduler
         live = [
             i.entry
             for i in self._items.values()
-            if i.entry is not None and not i.delivered and not i.entry.done
+            if i.entry is not None and not i.delivered and i.entry.live
         ]
-        if scheduler is None or not live:
-            return
         for entry in live:
             entry.listeners.clear()
             entry.observers.clear()
-        for entry in live:
-            if entry.waiters == 0:
-                await scheduler.abandon(entry)
-        if not self._cancel_on_abandon:
-            return
-        limiter = anyio.CapacityLimiter(16)
+        await self._runtime.release(live, cancel_remote=self._cancel_on_abandon)
 
-        async def cancel(entry: TaskEntry) -> None:
-            async with limiter:
-                await scheduler.cancel_remote(entry)
 
-        async with anyio.create_task_group() as tg:
-            for entry in live:
-                tg.start_soon(cancel, entry)
+def _as_journal_error(exc: BaseException, doing: str) -> BaseException:
+    if isinstance(exc, JournalError):
+        return exc
+    error = JournalError(f"journal: could not {doing}: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 async def _aiter_sync(source: Iterable[Any]) -> AsyncIterator[Any]:
-    for value in source:
+    """A sync iterable as an async one; anything but an in-memory collection is read in a
+    worker thread, so a blocking input (a file, a pipe) never stalls the event loop."""
+    if isinstance(source, Collection):
+        for value in source:
+            yield value
+        return
+    iterator = iter(source)
+    done = object()
+    while True:
+        value = await anyio.to_thread.run_sync(next, iterator, done, abandon_on_cancel=True)
+        if value is done:
+            return
         yield value

@@ -64,6 +64,7 @@ class CompletionModel:
         self._mu = math.log(prior_median)
         self._sigma = prior_sigma
         self._fitted = False
+        self.fits = 0  # bumped by every refit: whoever derives figures from the fit redoes them
         self._build_grid()
 
     # ---- fitting -------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ class CompletionModel:
         self._mu = mu
         self._sigma = max(_MIN_SIGMA, math.sqrt(var))
         self._fitted = True
+        self.fits += 1
         self._since_fit = 0
         self._build_grid()
 

@@ -1,30 +1,33 @@
 """PollScheduler: one loop that polls every task the client waits on.
 
 Tasks sit in a heap ordered by their next due time; there is no coroutine per task. When a poll is
-due the loop borrows a token from a ``CapacityLimiter`` (the bound on concurrent polls) and runs the
-poll in the scheduler's task group. Each poll GETs the task's *response* URL, which answers 202 with
-the status while the task runs, so the poll that sees completion also brings the result. A poll's
-outcome either finishes the task (waking its waiters and listeners) or puts it back in the heap at
-the time the ``PollPolicy`` says.
+due the loop borrows a slot from a ``CapacityLimiter`` (the bound on concurrent polls), rechecks
+that the task is still wanted, and runs the poll in the scheduler's task group. Each poll GETs the
+task's *response* URL, which answers 202 with the status while the task runs, so the poll that sees
+completion also brings the result. Every phase change goes through ``TaskEntry.move``
+(``_entry.py``): a task that is finished or abandoned can never be polled or re-queued.
+
+Time comes from an injected ``Clock`` (``now`` and ``sleep``), so the loop is unit-tested with a
+fake clock and a fake transport, without sockets or real sleeping.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
 import math
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import attrs
 
 from .._http._pacer import AdaptiveRateLimiter
-from .._http._retry import NO_RETRY
-from .._http._transport import Response, Transport
+from .._http._retry import NO_RETRY, RetryPolicy
 from .._http._wire import parse_response, parse_status
 from ..errors import (
     AuthenticationError,
@@ -35,70 +38,89 @@ from ..errors import (
     PermissionDeniedError,
     ProtocolError,
     RateLimitError,
+    ResponseTooLargeError,
     ServerError,
     TaskCancelledError,
     TaskFailedError,
     error_from_response,
 )
-from ..errors import TimeoutError as SDKTimeoutError
 from ..models import GenerationResult, TaskState, TaskStatus, Ticket
+from ._entry import Phase, TaskEntry
 from ._model import CompletionModel
 from ._policy import PollPolicy
 
-__all__ = ["PollPolicy", "PollScheduler", "TaskEntry", "acquire"]
+__all__ = ["Clock", "LoopClock", "PollScheduler", "PollTransport", "acquire", "unwrap"]
 
 logger = logging.getLogger("nanobanana_async")
-Clock = Callable[[], float]
-Listener = Callable[["TaskEntry"], None]
-Observer = Callable[["TaskEntry", TaskStatus], None]
 # Under a poll budget, rank this many due tasks at a time and poll the best few of them.
 _PRIORITY_WINDOW = 256
+_PRIORITY_BATCH = 16
 # Polls handle every status themselves (202 pending, failure bodies, 429 and 5xx backoff).
 _EVERY_ERROR_STATUS = frozenset(range(300, 600))
-_PRIORITY_BATCH = 16
-_FINAL_ERRORS = (
+# Errors that another poll cannot cure: the task ends with them at once.
+_FINAL_ERRORS: tuple[type[NanoBananaError], ...] = (
     AuthenticationError,
     PermissionDeniedError,
     NotFoundError,
     InsufficientCreditsError,
+    ResponseTooLargeError,  # the same body on every fetch: fetching again cannot help
 )
 
 
-@attrs.define(eq=False)
-class TaskEntry:
-    """The scheduler's record of one task being waited on (small: no coroutine, no history)."""
+class Clock(Protocol):
+    """Where the scheduler reads time and sleeps (a fake one in unit tests)."""
 
-    ticket: Ticket
-    poll_url: str
-    submitted_at: float
-    due: float = 0.0
-    generation: int = 0
-    polls: int = 0
-    errors: int = 0
-    state: TaskState = TaskState.IN_QUEUE
-    queue_position: int | None = None
-    started_at: float | None = None
-    last_poll_at: float | None = None
-    last_pending_at: float | None = None
-    finished_at: float | None = None
-    outcome: GenerationResult | NanoBananaError | None = None
-    waiters: int = 0
-    event: anyio.Event | None = None
-    listeners: list[Listener] = attrs.field(factory=list)
-    observers: list[Observer] = attrs.field(factory=list)
-    use_status_route: bool = False
-    poll_scope: anyio.CancelScope | None = None
-    poll_done: anyio.Event | None = None
+    def now(self) -> float:
+        """The current time in seconds (monotonic)."""
 
-    @property
-    def request_id(self) -> str:
-        """The task's request id."""
-        return self.ticket.request_id
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` (``math.inf``: until cancelled)."""
 
-    @property
-    def done(self) -> bool:
-        """True once the task has an outcome."""
-        return self.outcome is not None
+
+class LoopClock:
+    """The running event loop's clock (what anyio reads, without a backend lookup per call)."""
+
+    def __init__(self) -> None:
+        self._time = asyncio.get_running_loop().time
+
+    def now(self) -> float:
+        """The loop's monotonic time in seconds."""
+        return self._time()
+
+    async def sleep(self, seconds: float) -> None:
+        """``anyio.sleep``, or sleep until cancelled for an infinite delay."""
+        if math.isinf(seconds):
+            await anyio.sleep_forever()
+        else:
+            await anyio.sleep(seconds)
+
+
+class _Response(Protocol):
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any: ...
+
+
+class PollTransport(Protocol):
+    """What the scheduler needs from the HTTP layer."""
+
+    retry: RetryPolicy
+
+    def task_url(self, request_id: str, action: str, server_url: str | None = None) -> str:
+        """The URL of a task route."""
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        kind: Any,
+        retry: RetryPolicy | None = None,
+        ok_statuses: frozenset[int] = frozenset(),
+    ) -> Any:
+        """Send one request; return the response (every status in ``ok_statuses`` included)."""
 
 
 class PollScheduler:
@@ -106,20 +128,21 @@ class PollScheduler:
 
     def __init__(
         self,
-        transport: Transport,
+        transport: PollTransport,
         policy: PollPolicy,
         *,
         max_concurrent_polls: int,
-        clock: Clock = anyio.current_time,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._transport = transport
         self.policy = policy
-        self._clock = clock
+        self._clock: Clock = clock or LoopClock()
         self._rng = rng or random.Random()
         self._limiter = anyio.CapacityLimiter(max_concurrent_polls)
         self.model = CompletionModel(min_samples=policy.min_samples)
         self._k: float | None = None
+        self._k_fit = -1  # the model fit K was computed for
         self._budget = (
             AdaptiveRateLimiter(max_rate=policy.max_polls_per_second)
             if policy.max_polls_per_second
@@ -128,10 +151,10 @@ class PollScheduler:
         self._heap: list[tuple[float, int, int, TaskEntry]] = []
         self._seq = itertools.count()
         self._entries: dict[str, TaskEntry] = {}
-        self._wakeup = anyio.Event()
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._sleep_scope: anyio.CancelScope | None = None
         self._closed = False
         self.polls_sent = 0
+        self.polls_in_flight = 0
         self.finished = 0
         # How late due polls leave (seconds): the scheduler's own latency, for benchmarks.
         self.lateness_total = 0.0
@@ -141,40 +164,59 @@ class PollScheduler:
         return f"<PollScheduler watching={len(self._entries)} due_heap={len(self._heap)}>"
 
     @property
+    def clock(self) -> Clock:
+        """The clock the scheduler reads."""
+        return self._clock
+
+    @property
     def watching(self) -> int:
-        """Number of tasks currently being polled."""
+        """Number of tasks being polled (QUEUED or POLLING)."""
         return len(self._entries)
 
     def entries(self) -> list[TaskEntry]:
-        """A snapshot of the tasks being polled."""
+        """A snapshot of the live entries."""
         return list(self._entries.values())
 
     # -- registration -----------------------------------------------------------------------
 
     def watch(self, ticket: Ticket, *, submitted_at: float | None = None) -> TaskEntry:
-        """Start polling a task (or return the entry already polling it)."""
+        """Start polling a task (or return the live entry already polling it)."""
         if self._closed:
             raise ClientStateError("the client is closed")
         entry = self._entries.get(ticket.request_id)
         if entry is not None:
             return entry
-        now = self._clock()
         url = self._transport.task_url(ticket.request_id, "response", ticket.response_url)
+        now = self._clock.now()
         entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
         entry.queue_position = ticket.queue_position
         self._entries[ticket.request_id] = entry
-        self._schedule(entry, self._next_due(entry, entry.submitted_at))
+        self._push(entry, self._next_due(entry, entry.submitted_at))
         return entry
+
+    def _push(self, entry: TaskEntry, due: float) -> None:
+        """Put a QUEUED entry in the heap at ``due`` (any older heap item of it goes stale)."""
+        entry.generation += 1
+        entry.due = due
+        heapq.heappush(self._heap, (due, next(self._seq), entry.generation, entry))
+        if self._heap[0][3] is entry and self._sleep_scope is not None:
+            self._sleep_scope.cancel()  # the loop sleeps towards a later time: wake it
+
+    def _requeue(self, entry: TaskEntry, due: float) -> None:
+        """After a poll: back in the heap, unless the task was finished or abandoned meanwhile."""
+        if entry.move(Phase.QUEUED):
+            self._push(entry, due)
 
     def _next_due(self, entry: TaskEntry, now: float) -> float:
         """When to poll next: the learned √hazard schedule once ready, else the backoff."""
         policy = self.policy
-        if policy.target_delay is not None and self.model.ready:
-            if self._k is None:
-                self._k = self.model.k_for_target_delay(policy.target_delay)
-            elapsed = now - entry.submitted_at
-            offset = self.model.next_poll(
-                elapsed,
+        model = self.model
+        if policy.target_delay is not None and model.ready:
+            if self._k is None or self._k_fit != model.fits:
+                self._k = model.k_for_target_delay(policy.target_delay)
+                self._k_fit = model.fits
+            offset = model.next_poll(
+                now - entry.submitted_at,
                 k=self._k,
                 min_interval=policy.min_interval,
                 max_interval=policy.max_interval,
@@ -190,114 +232,98 @@ class PollScheduler:
             entry.last_pending_at if entry.last_pending_at is not None else entry.submitted_at
         )
         completed = (last_pending + entry.finished_at) / 2
-        before = self.model.samples
         self.model.observe(completed - entry.submitted_at)
-        if self.model.samples != before and self.model.samples % 20 == 0:
-            self._k = None  # refit: recompute K for the target delay
 
-    def _schedule(self, entry: TaskEntry, due: float) -> None:
-        entry.generation += 1
-        entry.due = due
-        heapq.heappush(self._heap, (due, next(self._seq), entry.generation, entry))
-        if self._heap[0][3] is entry:
-            self._wakeup.set()
+    # -- endings ----------------------------------------------------------------------------
 
-    def drop(self, entry: TaskEntry) -> None:
-        """Stop polling a task without finishing it (its stale heap item is skipped)."""
-        entry.generation += 1
-        if self._entries.get(entry.request_id) is entry:
-            del self._entries[entry.request_id]
-
-    async def abandon(self, entry: TaskEntry) -> None:
-        """Stop polling a task and wait (briefly) until no poll of it is in flight."""
-        self.drop(entry)
-        if entry.poll_scope is not None:  # a poll is in flight: cancel it and see it end
-            entry.poll_scope.cancel()
-            entry.poll_done = done = entry.poll_done or anyio.Event()
-            with anyio.move_on_after(5, shield=True):
-                await done.wait()
-
-    def finish(self, entry: TaskEntry, outcome: GenerationResult | NanoBananaError) -> None:
-        """Record a task's outcome and wake whoever waits for it."""
-        if entry.outcome is not None:
-            return
-        self.drop(entry)
+    def finish(self, entry: TaskEntry, outcome: GenerationResult | NanoBananaError) -> bool:
+        """Record a live task's outcome and wake whoever waits; False if it was not live."""
+        if not entry.move(Phase.FINISHED):
+            return False
+        self._forget(entry)
         entry.outcome = outcome
-        entry.finished_at = entry.last_poll_at or self._clock()
+        entry.finished_at = entry.last_poll_at or self._clock.now()
         self.finished += 1
         if entry.event is not None:
             entry.event.set()
-        for listener in entry.listeners:
-            listener(entry)
-        entry.listeners.clear()
-        entry.observers.clear()
+        listeners, entry.listeners = entry.listeners, []
+        entry.observers = []
+        for listener in listeners:
+            try:
+                listener(entry)
+            except Exception:  # a listener's failure is its owner's; the other tasks go on
+                logger.exception("a completion listener of task %s failed", entry.request_id)
+        return True
+
+    def _forget(self, entry: TaskEntry) -> None:
+        if self._entries.get(entry.request_id) is entry:
+            del self._entries[entry.request_id]
+
+    async def abandon(self, entry: TaskEntry, *, wait: float = 5.0) -> None:
+        """Stop polling a task nobody wants; cancel its poll in flight and see it end."""
+        if not entry.move(Phase.ABANDONED):
+            return
+        self._forget(entry)
+        entry.listeners = []
+        entry.observers = []
+        if entry.poll_scope is not None:
+            entry.poll_scope.cancel()
+            entry.poll_done = done = entry.poll_done or anyio.Event()
+            with anyio.move_on_after(wait, shield=True):
+                await done.wait()
+
+    def close(self, reason: str = "the client was closed") -> None:
+        """Fail every live task with ``ClientStateError`` (their waiters wake up)."""
+        self._closed = True
+        for entry in list(self._entries.values()):
+            self.finish(entry, ClientStateError(f"{reason} before task {entry.request_id} ended"))
+        self._heap.clear()
 
     # -- waiting ----------------------------------------------------------------------------
 
-    async def wait(
-        self, entry: TaskEntry, *, timeout: float | None, cancel_on_abandon: bool
-    ) -> GenerationResult:
-        """Wait for a task's outcome; if abandoned (cancelled or timed out), cancel it remotely."""
-        if entry.outcome is None:
-            entry.waiters += 1
-            if entry.event is None:
-                entry.event = anyio.Event()
-            try:
-                with anyio.fail_after(timeout):
-                    await entry.event.wait()
-            except BaseException as exc:
-                entry.waiters -= 1
-                if entry.outcome is None and entry.waiters == 0 and not entry.listeners:
-                    await self.abandon(entry)
-                    if cancel_on_abandon:
-                        await self.cancel_remote(entry)
-                if type(exc) is TimeoutError:  # anyio's deadline, not one of ours
-                    raise SDKTimeoutError(
-                        f"task {entry.request_id} not finished after {timeout:g} s"
-                        + (" (cancelled remotely)" if cancel_on_abandon else "")
-                    ) from None
-                raise
-            entry.waiters -= 1
-        return unwrap(entry)
-
-    async def cancel_remote(self, entry: TaskEntry) -> bool:
-        """Ask the service to cancel the task, shielded and within the cancel timeout."""
-        url = self._transport.task_url(entry.request_id, "cancel", entry.ticket.cancel_url)
-        with anyio.move_on_after(self._transport.timeout.cancel, shield=True):
-            try:
-                resp = await self._transport.request(
-                    "PUT", url, kind="cancel", ok_statuses=frozenset({400, 404})
-                )
-            except NanoBananaError as exc:
-                logger.warning("could not cancel task %s: %s", entry.request_id, exc)
-                return False
-            logger.debug("cancel %s -> %d", entry.request_id, resp.status)
-            return resp.status == 202 or resp.status < 300
-        logger.warning("cancelling task %s timed out", entry.request_id)
-        return False
+    async def outcome(self, entry: TaskEntry) -> None:
+        """Wait until the entry has an outcome (the caller counts itself in ``waiters``)."""
+        if entry.phase is Phase.FINISHED:
+            return
+        if entry.phase is Phase.ABANDONED:
+            raise ClientStateError(f"task {entry.request_id} is no longer watched")
+        if entry.event is None:
+            entry.event = anyio.Event()
+        await entry.event.wait()
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """The scheduler loop; runs until cancelled (by the client's task group)."""
+        """The scheduler loop; runs until cancelled (by the runtime's task group)."""
         async with anyio.create_task_group() as tg:
-            self._tg = tg
             task_status.started()
+            clock = self._clock
             while True:
-                now = self._clock()
+                now = clock.now()
                 while self._heap and self._heap[0][0] <= now:
                     for entry in self._take_due(now):
-                        if self._budget is not None:
-                            await self._budget.acquire()
-                        await acquire(self._limiter, entry)
-                        tg.start_soon(self._poll, entry)
-                    now = self._clock()
+                        await self._launch(tg, entry)
+                    now = clock.now()
                 delay = self._heap[0][0] - now if self._heap else math.inf
-                self._wakeup = anyio.Event()
-                with anyio.move_on_after(delay):
-                    await self._wakeup.wait()
+                with anyio.CancelScope() as scope:
+                    self._sleep_scope = scope
+                    await clock.sleep(delay)
+                self._sleep_scope = None
+
+    async def _launch(self, tg: anyio.abc.TaskGroup, entry: TaskEntry) -> None:
+        """Wait for budget and a poll slot, recheck the entry, then start its poll."""
+        generation = entry.generation
+        if self._budget is not None:
+            await self._budget.acquire()
+        await acquire(self._limiter, entry)
+        # The wait above may have been long: the task may have been abandoned or finished.
+        if entry.generation != generation or not entry.move(Phase.POLLING):
+            self._limiter.release_on_behalf_of(entry)
+            return
+        self.polls_in_flight += 1
+        tg.start_soon(self._poll, entry)
 
     def _take_due(self, now: float) -> list[TaskEntry]:
         """The next due entries to poll: the earliest, or under a budget the likeliest done."""
@@ -305,7 +331,7 @@ class PollScheduler:
         limit = 1 if self._budget is None else _PRIORITY_WINDOW
         while self._heap and self._heap[0][0] <= now and len(due) < limit:
             _, _, generation, entry = heapq.heappop(self._heap)
-            if generation == entry.generation and entry.outcome is None:
+            if generation == entry.generation and entry.phase is Phase.QUEUED:
                 due.append(entry)
         if len(due) <= _PRIORITY_BATCH:
             return due
@@ -324,13 +350,6 @@ class PollScheduler:
             return self.model.completion_probability(last, elapsed)
         return min(1.0, (elapsed - last) / max(elapsed, 1e-9))
 
-    def close(self, reason: str = "the client was closed") -> None:
-        """Fail every pending task with ``ClientStateError`` (their waiters wake up)."""
-        self._closed = True
-        for entry in list(self._entries.values()):
-            self.finish(entry, ClientStateError(f"{reason} before task {entry.request_id} ended"))
-        self._heap.clear()
-
     async def _poll(self, entry: TaskEntry) -> None:
         entry.poll_scope = scope = anyio.CancelScope()
         try:
@@ -344,17 +363,20 @@ class PollScheduler:
             logger.exception("unexpected error polling %s", entry.request_id)
             self.finish(entry, ProtocolError(f"unexpected error while polling: {exc!r}"[:300]))
         finally:
+            self.polls_in_flight -= 1
             self._limiter.release_on_behalf_of(entry)
             entry.poll_scope = None
             if entry.poll_done is not None:  # created only when someone waits (abandon)
                 entry.poll_done.set()
                 entry.poll_done = None
+            if entry.phase is Phase.POLLING:  # a path that decided nothing: poll again later
+                self._requeue(entry, self._clock.now() + self.policy.interval(entry.polls))
 
     async def _poll_once(self, entry: TaskEntry) -> None:
         entry.polls += 1
         self.polls_sent += 1
         # The time the request left: what a detection delay is measured from.
-        entry.last_poll_at = self._clock()
+        entry.last_poll_at = self._clock.now()
         late = entry.last_poll_at - entry.due
         self.lateness_total += late
         self.lateness_max = max(self.lateness_max, late)
@@ -364,6 +386,7 @@ class PollScheduler:
             if status.state is TaskState.SUCCEEDED:
                 entry.use_status_route = False  # the next GET fetches the result at once
                 entry.polls -= 1
+                self.polls_sent -= 1
                 await self._poll_once(entry)
                 return
             self._on_status(entry, status)
@@ -377,17 +400,17 @@ class PollScheduler:
             if not parsed.request_id:
                 parsed = attrs.evolve(parsed, request_id=entry.request_id)
             entry.state = TaskState.SUCCEEDED
-            self.finish(entry, parsed)
-            self._learn(entry)
+            if self.finish(entry, parsed):
+                self._learn(entry)
         else:
             self._on_status(entry, parsed)
 
-    async def _get(self, url: str, kind: Any) -> Response:
+    async def _get(self, url: str, kind: str) -> Any:
         return await self._transport.request(
             "GET", url, kind=kind, retry=NO_RETRY, ok_statuses=_EVERY_ERROR_STATUS
         )
 
-    def _on_error_response(self, entry: TaskEntry, resp: Response) -> None:
+    def _on_error_response(self, entry: TaskEntry, resp: Any) -> None:
         try:
             body = resp.json()
         except NanoBananaError:
@@ -402,13 +425,13 @@ class PollScheduler:
             # fall back to polling the status route for this task.
             logger.debug("response route answered %d; polling status instead", resp.status)
             entry.use_status_route = True
-            self._schedule(entry, self._clock())
+            self._requeue(entry, self._clock.now())
             return
         raise error
 
     def _on_status(self, entry: TaskEntry, status: TaskStatus) -> None:
         entry.errors = 0
-        now = self._clock()
+        now = self._clock.now()
         if status.state is TaskState.IN_PROGRESS and entry.started_at is None:
             entry.started_at = now
         changed = status.state is not entry.state or status.queue_position != entry.queue_position
@@ -416,20 +439,23 @@ class PollScheduler:
         entry.queue_position = status.queue_position
         if changed or entry.polls == 1:
             for observer in entry.observers:
-                observer(entry, status)
+                try:
+                    observer(entry, status)
+                except Exception:
+                    logger.exception("a status observer of task %s failed", entry.request_id)
         if status.state is TaskState.FAILED:
             self.finish(entry, _task_error(TaskFailedError, entry, status))
         elif status.state is TaskState.CANCELLED:
             self.finish(entry, _task_error(TaskCancelledError, entry, status))
         elif status.state is TaskState.SUCCEEDED:
             entry.use_status_route = False
-            self._schedule(entry, now)
+            self._requeue(entry, now)
         else:
             entry.last_pending_at = entry.last_poll_at
-            self._schedule(entry, self._next_due(entry, now))
+            self._requeue(entry, self._next_due(entry, now))
 
     def _on_error(self, entry: TaskEntry, error: NanoBananaError) -> None:
-        if isinstance(error, _FINAL_ERRORS) or entry.outcome is not None:
+        if isinstance(error, _FINAL_ERRORS):
             if isinstance(error, NotFoundError):
                 error = NotFoundError(
                     f"task {entry.request_id} not found (unknown id, or its result expired)",
@@ -442,17 +468,18 @@ class PollScheduler:
         if entry.errors >= self.policy.max_errors:
             self.finish(entry, error)
             return
+        retry = self._transport.retry
         wait = getattr(error, "retry_after", None)
         if not isinstance(error, (RateLimitError, ServerError)) or wait is None:
-            wait = self._transport.retry.backoff(entry.errors, self._rng)
-        elif wait > self._transport.retry.max_retry_after:
+            wait = retry.backoff(entry.errors, self._rng)
+        elif wait > retry.max_retry_after:
             # As for any other request: a server asking for longer than the policy allows ends
             # the wait with its error, rather than parking the task for, say, 1e12 s.
             self.finish(entry, error)
             return
         logger.debug("poll of %s failed (%s); next in %.2f s", entry.request_id, error, wait)
-        self._schedule(
-            entry, self._clock() + max(wait, self.policy.interval(entry.polls, self._rng))
+        self._requeue(
+            entry, self._clock.now() + max(wait, self.policy.interval(entry.polls, self._rng))
         )
 
 
@@ -482,4 +509,4 @@ def unwrap(entry: TaskEntry) -> GenerationResult:
         return outcome
     if isinstance(outcome, BaseException):
         raise outcome
-    raise RuntimeError(f"task {entry.request_id} has no outcome yet")
+    raise ClientStateError(f"task {entry.request_id} has no outcome")

@@ -1,0 +1,291 @@
+"""The runtime: the one seam between the public verbs and the machinery.
+
+It owns the transport, the poll scheduler, the create limiter, the counters and the task group
+that background work runs in. ``Client``, ``Job``, the batch engine and the downloader call only
+its methods. Work spawned here is *contained*: an exception that escapes it goes to the owner's
+``on_error`` and never cancels the task group, so one user's failing input, hook or journal cannot
+take the shared client down.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import aiohttp
+import anyio
+import anyio.abc
+
+from ._http._retry import RetryPolicy
+from ._http._transport import Transport
+from ._http._wire import encode_request, parse_status, parse_ticket
+from ._polling._entry import TaskEntry
+from ._polling._policy import PollPolicy
+from ._polling._scheduler import Clock, PollScheduler, acquire, unwrap
+from .errors import (
+    ClientStateError,
+    NanoBananaError,
+    ProtocolError,
+    SubmissionUnknownError,
+)
+from .errors import TimeoutError as SDKTimeoutError
+from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
+
+__all__ = ["Runtime"]
+
+logger = logging.getLogger("nanobanana_async")
+# The cancel route's answers: 202 accepted; 400 already finished (nothing to cancel).
+_CANCEL_OK = frozenset({400})
+
+
+class Runtime:
+    """Transport + scheduler + limits + counters + task group, behind a few methods."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        policy: PollPolicy,
+        *,
+        rng: random.Random,
+        clock: Clock | None = None,
+    ) -> None:
+        self.transport = transport
+        self.policy = policy
+        self._rng = rng
+        self._clock = clock
+        self._create_limiter = anyio.CapacityLimiter(transport.limits.max_concurrent_creates)
+        self._scheduler: PollScheduler | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closing = False
+        self.submitted = 0
+        self.succeeded = 0
+        self.failed = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the transport and run the scheduler until cancelled; close the transport after."""
+        await self.transport.open()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._scheduler = PollScheduler(
+                    self.transport,
+                    self.policy,
+                    max_concurrent_polls=self.transport.limits.max_concurrent_polls,
+                    clock=self._clock,
+                    rng=self._rng,
+                )
+                await tg.start(self._scheduler.run)
+                self._tg = tg
+                task_status.started()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self.transport.close()
+
+    @property
+    def scheduler(self) -> PollScheduler:
+        """The poll scheduler (raises ``ClientStateError`` when the runtime is not running)."""
+        if self._scheduler is None or self._tg is None or self._closing:
+            raise ClientStateError("the Client is closed")
+        return self._scheduler
+
+    def now(self) -> float:
+        """The scheduler's clock (readable while closing, unlike the verbs)."""
+        if self._scheduler is None:
+            return anyio.current_time()
+        return self._scheduler.clock.now()
+
+    async def shutdown(self, *, cancel_remote: bool) -> None:
+        """Cancel the waited-on tasks remotely (bounded), fail the rest, stop background work."""
+        scheduler, tg = self._scheduler, self._tg
+        if scheduler is None or tg is None or self._closing:
+            return
+        self._closing = True
+        wanted = [e for e in scheduler.entries() if e.wanted]
+        if cancel_remote and wanted:
+            await self.cancel_many(wanted)
+        scheduler.close()
+        tg.cancel_scope.cancel()
+
+    def spawn(
+        self,
+        func: Callable[[], Awaitable[None]],
+        *,
+        on_error: Callable[[Exception], None],
+        name: str | None = None,
+    ) -> None:
+        """Run ``func`` in the background; an exception it raises goes to ``on_error``, not up."""
+        if self._tg is None or self._closing:
+            raise ClientStateError("the Client is closed")
+
+        async def contained() -> None:
+            try:
+                await func()
+            except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
+                try:
+                    on_error(exc)
+                except Exception:
+                    logger.exception("the error handler of background work failed")
+
+        self._tg.start_soon(contained, name=name)
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def count_outcome(self, ok: bool) -> None:
+        """Count a delivered ``stream``/``map`` outcome."""
+        if ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+
+    # -- verbs ------------------------------------------------------------------------------
+
+    async def create(
+        self, request: GenerationRequest, *, retry: RetryPolicy | None = None, token: object = None
+    ) -> Ticket:
+        """POST one task under the create limiter; never re-sent ambiguously."""
+        self.scheduler  # noqa: B018 - raises when closed, before anything is sent
+        body = encode_request(request)
+        owner = token if token is not None else object()
+        await acquire(self._create_limiter, owner)
+        try:
+            transport = self.transport
+            resp = await transport.request(
+                "POST", transport.create_url, kind="create", json_body=body, retry=retry
+            )
+        finally:
+            self._create_limiter.release_on_behalf_of(owner)
+        try:
+            ticket = parse_ticket(resp.json())
+        except ProtocolError as exc:
+            raise SubmissionUnknownError(
+                f"create answered {resp.status} with an unreadable body", request_body=body
+            ) from exc
+        self.submitted += 1
+        return ticket
+
+    async def fetch_status(self, ticket: Ticket) -> TaskStatus:
+        """GET the task's status once."""
+        self.scheduler  # noqa: B018 - raises when closed
+        url = self.transport.task_url(ticket.request_id, "status", ticket.status_url)
+        resp = await self.transport.request("GET", url, kind="status")
+        return parse_status(resp.json())
+
+    def watch(self, ticket: Ticket, *, submitted_at: float | None = None) -> TaskEntry:
+        """Have the scheduler poll a task (shared with anyone already watching it)."""
+        return self.scheduler.watch(ticket, submitted_at=submitted_at)
+
+    async def wait(
+        self, ticket: Ticket, *, timeout: float | None, cancel_on_abandon: bool
+    ) -> GenerationResult:
+        """Wait for a task's outcome; the last waiter to give up stops it (and cancels it)."""
+        scheduler = self.scheduler
+        entry = scheduler.watch(ticket)
+        entry.waiters += 1
+        try:
+            with anyio.fail_after(timeout):
+                await scheduler.outcome(entry)
+        except BaseException as exc:
+            entry.waiters -= 1
+            if entry.live and not entry.wanted:
+                await self.release([entry], cancel_remote=cancel_on_abandon)
+            if type(exc) is TimeoutError:  # anyio's deadline, not one of ours
+                raise SDKTimeoutError(
+                    f"task {entry.request_id} not finished after {timeout:g} s"
+                    + (" (cancelled remotely)" if cancel_on_abandon else "")
+                ) from None
+            raise
+        entry.waiters -= 1
+        return unwrap(entry)
+
+    async def release(self, entries: Iterable[TaskEntry], *, cancel_remote: bool) -> None:
+        """Stop polling tasks nobody wants any more; cancel them on the service if asked."""
+        scheduler = self._scheduler
+        dropped = []
+        for entry in entries:
+            if entry.live and not entry.wanted:
+                dropped.append(entry)
+                if scheduler is not None:
+                    await scheduler.abandon(entry)
+        if cancel_remote and dropped:
+            await self.cancel_many(dropped)
+
+    async def cancel(self, ticket: Ticket) -> bool:
+        """Ask the service to cancel a task: True if accepted, False if it had finished."""
+        self.scheduler  # noqa: B018 - raises when closed
+        return await self._send_cancel(ticket)
+
+    async def _send_cancel(self, ticket: Ticket) -> bool:
+        url = self.transport.task_url(ticket.request_id, "cancel", ticket.cancel_url)
+        resp = await self.transport.request("PUT", url, kind="cancel", ok_statuses=_CANCEL_OK)
+        logger.debug("cancel %s -> %d", ticket.request_id, resp.status)
+        return resp.status < 300
+
+    async def cancel_many(self, entries: Iterable[TaskEntry]) -> int:
+        """Cancel tasks remotely, concurrently, within ``Timeout.close`` overall; returns how
+        many the service confirmed. Shielded (a cancelled caller still cleans up), but bounded.
+        """
+        tickets = [e.ticket for e in entries]
+        if not tickets:
+            return 0
+        deadline = self.transport.timeout.close
+        width = max(1, self.transport.limits.max_connections)
+        confirmed = 0
+        pending = iter(tickets)
+
+        async def worker() -> None:
+            nonlocal confirmed
+            for ticket in pending:
+                with anyio.move_on_after(self.transport.timeout.cancel):
+                    try:
+                        if await self._send_cancel(ticket):
+                            confirmed += 1
+                        continue
+                    except NanoBananaError as exc:
+                        logger.warning("could not cancel task %s: %s", ticket.request_id, exc)
+                        continue
+                logger.warning("cancelling task %s timed out", ticket.request_id)
+
+        with anyio.move_on_after(deadline, shield=True) as scope:
+            async with anyio.create_task_group() as tg:
+                for _ in range(min(width, len(tickets))):
+                    tg.start_soon(worker)
+        if scope.cancelled_caught:
+            logger.warning(
+                "stopped cancelling after %g s: %d of %d tasks not confirmed cancelled",
+                deadline,
+                len(tickets) - confirmed,
+                len(tickets),
+            )
+        return confirmed
+
+    def download_session(self) -> aiohttp.ClientSession:
+        """The open aiohttp session, for downloads (which send no key)."""
+        self.scheduler  # noqa: B018 - raises when closed
+        return self.transport.session
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The client's retry policy."""
+        return self.transport.retry
+
+    def stats_counts(self) -> dict[str, Any]:
+        """The raw counters behind ``Client.stats``."""
+        s = self._scheduler
+        t = self.transport
+        return {
+            "submitted": self.submitted,
+            "in_flight": s.watching if s else 0,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "send_rate": t.pacer.rate,
+            "requests_sent": t.requests_sent,
+            "rate_limited": t.rate_limited,
+            "polls_sent": s.polls_sent if s else 0,
+            "finished": s.finished if s else 0,
+        }
