@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import signal
 import sqlite3
 import time
@@ -18,7 +17,7 @@ from anyio.abc import TaskGroup
 
 from .._batch._engine import BatchStream, Outcome
 from .._client import Client, ClientStats
-from ..download import Downloader
+from ..download import Downloader, _sha256_of
 from ..errors import NanoBananaError, TaskCancelledError, TaskError
 from ..journal import Journal, JournalItem
 from ..models import GenerationRequest, GenerationResult
@@ -101,17 +100,6 @@ class Interrupt:
         finally:
             for sig in done:
                 loop.remove_signal_handler(sig)
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:
-        return None
 
 
 def _wanted(result: GenerationResult) -> set[int]:
@@ -216,7 +204,7 @@ class _Runner:
             path = Path(file.path)
             if not path.is_absolute():
                 path = self.opts.out_dir / path
-            if await anyio.to_thread.run_sync(_sha256, path) != file.sha256:
+            if await anyio.to_thread.run_sync(_sha256_of, path, file.size) != file.sha256:
                 return None
             found.append(_file_dict(i, path, file.size, file.sha256, self.opts.out_dir))
         return found
