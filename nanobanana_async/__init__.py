@@ -2,7 +2,8 @@
 
 import contextlib
 
-from ._batch._engine import BatchEvent, BatchStream, EventKind, Outcome
+from ._batch._engine import BatchStream
+from ._batch._types import BatchEvent, BatchOptions, EventKind, Outcome
 from ._client import Client, ClientStats
 from ._config import Limits, Timeout
 from ._http._retry import RetryPolicy
@@ -17,12 +18,17 @@ from .errors import (
     BadRequestError,
     ClientStateError,
     ConnectError,
+    DownloadTimeoutError,
     InsufficientCreditsError,
+    JournalError,
+    JournalStateError,
     NanoBananaError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
     RateLimitError,
+    RequestTimeoutError,
+    ResponseTooLargeError,
     ServerError,
     SubmissionUnknownError,
     TaskCancelledError,
@@ -49,16 +55,20 @@ from .models import (
 
 __all__ = [
     "BatchEvent",
+    "BatchOptions",
     "BatchStream",
     "EventKind",
     "Outcome",
     "Client",
     "ClientStats",
     "DownloadError",
+    "DownloadTimeoutError",
     "DownloadedFile",
     "Downloader",
     "Journal",
+    "JournalError",
     "JournalMismatchError",
+    "JournalStateError",
     "HttpEvent",
     "Job",
     "Limits",
@@ -83,6 +93,8 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolError",
     "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseTooLargeError",
     "ServerError",
     "SubmissionUnknownError",
     "TaskCancelledError",
@@ -91,7 +103,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "Ticket",
-    "TimeoutError",
+    "TimeoutError",  # deprecated alias of RequestTimeoutError
     "TransportError",
     "UnprocessableEntityError",
     "ValidationError",

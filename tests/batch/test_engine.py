@@ -25,7 +25,7 @@ pytestmark = pytest.mark.anyio
 
 async def _settle(condition: object, timeout: float = 5.0) -> None:
     with anyio.fail_after(timeout):
-        while not condition():  # type: ignore[operator]  # noqa: ASYNC110 - polls emulator state
+        while not condition():  # type: ignore[operator]
             await anyio.sleep(0.01)
 
 

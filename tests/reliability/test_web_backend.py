@@ -95,7 +95,7 @@ async def test_200_concurrent_requests_with_disconnects() -> None:
             statuses = json.loads(load.stdout)
             # Let the server finish the cancellations triggered by the disconnects.
             with anyio.fail_after(10):
-                while emu.stats()["cancels"] < dropped:  # noqa: ASYNC110 - another process
+                while emu.stats()["cancels"] < dropped:
                     await anyio.sleep(0.1)
         finally:
             await server.close()
