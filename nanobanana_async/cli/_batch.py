@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sqlite3
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,15 @@ from ..models import GenerationRequest, GenerationResult
 from ._input import BadLine
 from ._ui import Progress
 
-__all__ = ["Interrupt", "ItemReport", "RunOptions", "RunResult", "run_batch"]
+__all__ = [
+    "ABANDON_NOTE",
+    "EXIT_INTERRUPTED",
+    "Interrupt",
+    "ItemReport",
+    "RunOptions",
+    "RunResult",
+    "run_batch",
+]
 
 
 @attrs.define
@@ -71,24 +81,62 @@ class RunResult:
     stats: ClientStats | None = None
 
 
-class Interrupt:
-    """SIGINT/SIGTERM handlers that cancel one scope, so every cleanup path still runs."""
+EXIT_INTERRUPTED = 130  # what a shell expects of a command stopped by Ctrl-C
+ABANDON_NOTE = "remote tasks may still be running (`nanobanana-async cancel <id>` stops one)"
 
-    def __init__(self, progress: Progress | None = None) -> None:
+
+class Interrupt:
+    """SIGINT/SIGTERM handlers: the first cancels one scope, so every cleanup path still runs.
+
+    Cleanup (cancelling the remote tasks, flushing the journal) can take a while. A second
+    signal stops waiting for it: one line on stderr says what may still be running and how to
+    resume (``abandon_note``), and the process exits 130 at once. Every journal write already
+    committed stays (SQLite WAL), so a rerun resumes; writes not yet committed are lost, which
+    the journal is built to survive (an intent without an id is never created again unasked).
+    """
+
+    def __init__(
+        self,
+        progress: Progress | None = None,
+        *,
+        abandon_note: str = ABANDON_NOTE,
+        exit_process: Callable[[int], object] = os._exit,
+    ) -> None:
         self.scope = anyio.CancelScope()
         self.signal: str | None = None
         self._progress = progress
+        self._abandon_note = abandon_note
+        self._exit = exit_process  # os._exit: no atexit, no thread joins, nothing left to wait for
 
     def _fire(self, name: str) -> None:
         if self.signal is None:
             self.signal = name
             if self._progress is not None:
-                self._progress.note(f"{name}: stopping; cancelling what is running...")
-        self.scope.cancel()
+                self._progress.note(
+                    f"{name}: stopping; cancelling what is running (a second signal exits at once)"
+                )
+            self.scope.cancel()
+            return
+        self._abandon(name)
+
+    def _abandon(self, name: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()  # a live bar gives the terminal back (cursor shown again)
+        line = f"{name} again: exiting without waiting for cleanup; {self._abandon_note}"
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=sys.stderr, flush=True)
+        self._exit(EXIT_INTERRUPTED)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[anyio.CancelScope]:
-        """Install the handlers for the duration of the block; yields the scope to enter."""
+        """Install the handlers for the duration of the block; yields the scope to enter.
+
+        Install them around the cleanup too (closing the client and the journal), so that a
+        second signal during it is still handled here.
+        """
         loop = asyncio.get_running_loop()
         done: list[signal.Signals] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -243,10 +291,15 @@ async def run_batch(
     progress: Progress,
     interrupt: Interrupt,
 ) -> RunResult:
-    """Run the batch until done or interrupted; downloads each success into ``opts.out_dir``."""
+    """Run the batch until done or interrupted; downloads each success into ``opts.out_dir``.
+
+    ``interrupt``'s handlers are installed by the caller, around the client's and the journal's
+    cleanup as well; this runs inside ``interrupt.scope``.
+    """
     started = time.monotonic()
     runner = _Runner(client, journal, opts, progress, await journal.load())
-    with interrupt.installed() as scope, scope:
+    # The caller installed the handlers (around its cleanup too); this scope is what they cancel.
+    with interrupt.scope:
         await runner.run(requests)
     result = runner.result
     result.wall = time.monotonic() - started

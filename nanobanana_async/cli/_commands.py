@@ -68,25 +68,42 @@ async def _execute(
     opts: RunOptions,
     progress: Progress,
 ) -> RunResult:
-    interrupt = Interrupt(progress)
-    async with AsyncExitStack() as stack:
-        if use_emulator:
-            from ..emulator import Emulator
+    interrupt = Interrupt(progress, abandon_note=_abandon_note(args, use_emulator, journal_path))
+    # Installed around the cleanup too: a second signal while the client closes exits at once.
+    with interrupt.installed():
+        async with AsyncExitStack() as stack:
+            if use_emulator:
+                from ..emulator import Emulator
 
-            emu = await stack.enter_async_context(Emulator(emulator_config()))
-            client = Client(
-                emu.api_key,
-                base_url=emu.base_url,
-                poll=EMULATOR_POLL,
-                cancel_on_abandon=not opts.detach,
-            )
-        else:
-            client = Client(**client_kwargs(args), cancel_on_abandon=not opts.detach)
-        journal = await Journal.open(journal_path)
-        stack.push_async_callback(journal.aclose)
-        await stack.enter_async_context(client)
-        return await run_batch(client, journal, requests, opts, progress, interrupt)
+                emu = await stack.enter_async_context(Emulator(emulator_config()))
+                client = Client(
+                    emu.api_key,
+                    base_url=emu.base_url,
+                    poll=EMULATOR_POLL,
+                    cancel_on_abandon=not opts.detach,
+                )
+            else:
+                client = Client(**client_kwargs(args), cancel_on_abandon=not opts.detach)
+            journal = await Journal.open(journal_path)
+            stack.push_async_callback(journal.aclose)
+            await stack.enter_async_context(client)
+            return await run_batch(client, journal, requests, opts, progress, interrupt)
     raise AssertionError("unreachable")  # pragma: no cover - mypy cannot see the return above
+
+
+def _abandon_note(args: argparse.Namespace, use_emulator: bool, journal_path: Path) -> str:
+    """What a second Ctrl-C says: what may still run, and how to resume."""
+    if use_emulator:
+        return "the in-process emulator and its tasks end with this process"
+    command = _command_line()
+    if not getattr(args, "journal", None):
+        command += f" --journal {shlex.quote(str(journal_path))}"
+    report = f"nanobanana-async report {shlex.quote(str(journal_path))}"
+    return (
+        "remote tasks may still be running; "
+        f"resume with `{command}` (re-attaches to them, creates nothing twice) "
+        f"or stop one with `nanobanana-async cancel <id>` (ids: `{report}`)"
+    )
 
 
 def _command_line() -> str:

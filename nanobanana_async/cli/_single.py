@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from contextlib import AsyncExitStack
 from typing import Any
@@ -88,12 +89,14 @@ async def generate_command(args: argparse.Namespace) -> int:
     if not args.emulator:
         client_kwargs(args)
     interrupt = Interrupt()
-    async with AsyncExitStack() as stack:
-        client = await _open(stack, args)
-        with interrupt.installed() as scope, scope:
-            result = await client.generate(request)
-            paths = await _save(client, result, args.out)
-            _print_result(result, paths, args.json)
+    # Installed around the client's close too: a second signal there exits at once.
+    with interrupt.installed() as scope:
+        async with AsyncExitStack() as stack:
+            client = await _open(stack, args)
+            with scope:
+                result = await client.generate(request)
+                paths = await _save(client, result, args.out)
+                _print_result(result, paths, args.json)
     return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
 
 
@@ -114,13 +117,16 @@ async def status_command(args: argparse.Namespace) -> int:
 
 async def result_command(args: argparse.Namespace) -> int:
     """``result ID [--out DIR]``: wait for the task, print its outputs, optionally save them."""
-    interrupt = Interrupt()
-    async with AsyncExitStack() as stack:
-        client = await _open(stack, args)
-        with interrupt.installed() as scope, scope:
-            # The task may belong to another process: Ctrl-C here must not cancel it.
-            result = await client.result(args.id, cancel_on_abandon=False)
-            _print_result(result, await _save(client, result, args.out), args.json)
+    interrupt = Interrupt(
+        abandon_note=f"the task keeps running (`nanobanana-async result {shlex.quote(args.id)}`)"
+    )
+    with interrupt.installed() as scope:
+        async with AsyncExitStack() as stack:
+            client = await _open(stack, args)
+            with scope:
+                # The task may belong to another process: Ctrl-C here must not cancel it.
+                result = await client.result(args.id, cancel_on_abandon=False)
+                _print_result(result, await _save(client, result, args.out), args.json)
     return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
 
 

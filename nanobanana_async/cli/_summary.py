@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from .._version import __version__
-from ._batch import RunResult
+from ._batch import EXIT_INTERRUPTED, RunResult
 from ._ui import percentile, print_table
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "exit_code", "finish"]
@@ -19,7 +19,6 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "exit_cod
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def _round(value: float | None) -> float | None:

@@ -53,6 +53,7 @@ class Progress:
         self._task: Any = None
         self._last_plain = 0.0
         self._live_ids: set[int] = set()
+        self._stopped = False
 
     @property
     def in_flight(self) -> int:
@@ -78,6 +79,13 @@ class Progress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the display (a final refresh; the live bar gives the terminal back); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._bar is not None:
             self._refresh()
             self._bar.stop()

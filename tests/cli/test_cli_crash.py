@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,12 +38,10 @@ class Service:
         return data
 
 
-@pytest.fixture
-def service() -> Iterator[Service]:
+@contextlib.contextmanager
+def emulator(*flags: str) -> Iterator[Service]:
     proc = subprocess.Popen(
-        [*EMULATOR, "--port", "0", "--service-time", "fixed:1.5", "--workers", "50"],
-        stdout=subprocess.PIPE,
-        text=True,
+        [*EMULATOR, "--port", "0", "--workers", "50", *flags], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
@@ -54,6 +53,23 @@ def service() -> Iterator[Service]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    with emulator("--service-time", "fixed:1.5") as svc:
+        yield svc
+
+
+@pytest.fixture
+def hung_cancels() -> Iterator[Service]:
+    """Tasks that outlive the test, and a service that never answers a cancel.
+
+    Cleanup after Ctrl-C then waits for the cancels until the client's cancel timeout (5 s).
+    """
+    flags = ("--service-time", "fixed:120", "--fault-routes", "cancel")
+    with emulator(*flags, "--fault", "stall=1", "--fault", "stall_seconds=120") as svc:
+        yield svc
 
 
 def start_batch(service: Service, src: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -144,3 +160,41 @@ def test_ctrl_c_cancels_running_tasks_and_a_rerun_finishes_the_rest(
     assert {f["state"] for f in summary["failures"]} == {"cancelled"}
     assert service.stats()["creates"] == 12 and service.stats()["duplicate_creates"] == 0
     assert len(list(out.glob("*.png"))) == 8
+
+
+def test_second_ctrl_c_exits_at_once_without_waiting_for_the_cancels(
+    hung_cancels: Service, tmp_path: Path
+) -> None:
+    src, out = prompts(tmp_path / "input.txt", 8), tmp_path / "out"
+    journal = out / "journal.sqlite"
+    proc = start_batch(hung_cancels, src, out, "--max-in-flight", "4")
+    try:
+        wait_for(journal, lambda r: r.counts["submitted"] == 4)
+        proc.send_signal(signal.SIGINT)
+        # The first Ctrl-C cancels the 4 running tasks; the service holds every cancel request.
+        deadline = time.monotonic() + 10
+        while hung_cancels.stats()["faults"].get("stall", 0) < 4:
+            assert time.monotonic() < deadline, "the cancels never reached the service"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the first Ctrl-C should still be cleaning up"
+
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert took < 2.0, f"the second Ctrl-C took {took:.2f} s to exit"
+    [line] = [x for x in stderr.splitlines() if x.startswith("SIGINT again")]
+    assert "remote tasks may still be running" in line
+    assert f"--journal {journal}" in line and "nanobanana-async cancel <id>" in line
+    assert "interrupted" not in stdout  # no summary: nothing was waited for
+
+    # What the journal had committed is still there: a rerun re-attaches to these tasks.
+    report = Journal.report_sync(journal)
+    assert report.counts["submitted"] == 4
+    assert hung_cancels.stats()["creates"] == 4
