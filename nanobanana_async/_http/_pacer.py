@@ -13,7 +13,7 @@ sleeping.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -209,10 +209,12 @@ class AdaptiveRateLimiter:
         max_rate: float | None = None,
         min_rate: float = 0.5,
         clock: Callable[[], float] = anyio.current_time,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         """Create a limiter; ``max_rate`` (requests/s) paces from the start and caps learning."""
         self._core = PacingCore(max_rate=max_rate, min_rate=min_rate)
         self._clock = clock
+        self._sleep = sleep
 
     @property
     def core(self) -> PacingCore:
@@ -228,7 +230,7 @@ class AdaptiveRateLimiter:
             if slot <= now:
                 break
             epoch = core.epoch
-            await anyio.sleep(slot - now)
+            await self._sleep(slot - now)
             if core.still_valid(epoch, self._clock()):
                 break
             # The rate was cut or a hold set while sleeping: the slot was priced at the old pace.

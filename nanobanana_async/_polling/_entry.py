@@ -71,6 +71,7 @@ class TaskEntry:
     listeners: list[Listener] = attrs.field(factory=list)
     observers: list[Observer] = attrs.field(factory=list)
     use_status_route: bool = False
+    fell_back: bool = False  # the status-route fallback is taken at most once per task
     poll_scope: anyio.CancelScope | None = None
     poll_done: anyio.Event | None = None
 

@@ -57,6 +57,8 @@ _PRIORITY_WINDOW = 256
 _PRIORITY_BATCH = 16
 # Polls handle every status themselves (202 pending, failure bodies, 429 and 5xx backoff).
 _EVERY_ERROR_STATUS = frozenset(range(300, 600))
+# Statuses about the account or the id, not the task: their error bodies are not task failures.
+_ACCOUNT_STATUSES = frozenset({401, 402, 403, 404, 429})
 # Errors that another poll cannot cure: the task ends with them at once.
 _FINAL_ERRORS: tuple[type[NanoBananaError], ...] = (
     AuthenticationError,
@@ -144,7 +146,11 @@ class PollScheduler:
         self._k: float | None = None
         self._k_fit = -1  # the model fit K was computed for
         self._budget = (
-            AdaptiveRateLimiter(max_rate=policy.max_polls_per_second)
+            AdaptiveRateLimiter(
+                max_rate=policy.max_polls_per_second,
+                clock=self._clock.now,
+                sleep=self._clock.sleep,
+            )
             if policy.max_polls_per_second
             else None
         )
@@ -242,7 +248,9 @@ class PollScheduler:
             return False
         self._forget(entry)
         entry.outcome = outcome
-        entry.finished_at = entry.last_poll_at or self._clock.now()
+        entry.finished_at = (
+            entry.last_poll_at if entry.last_poll_at is not None else self._clock.now()
+        )
         self.finished += 1
         if entry.event is not None:
             entry.event.set()
@@ -342,7 +350,8 @@ class PollScheduler:
 
     def _priority(self, entry: TaskEntry, now: float) -> float:
         """P(finished since the last poll); overdue tasks rise so none starves."""
-        last = (entry.last_poll_at or entry.submitted_at) - entry.submitted_at
+        last_poll = entry.last_poll_at if entry.last_poll_at is not None else entry.submitted_at
+        last = last_poll - entry.submitted_at
         elapsed = now - entry.submitted_at
         if now - entry.due > self.policy.max_interval:
             return 1.0
@@ -353,8 +362,10 @@ class PollScheduler:
     async def _poll(self, entry: TaskEntry) -> None:
         entry.poll_scope = scope = anyio.CancelScope()
         try:
-            with scope:
-                await self._poll_once(entry)
+            # Abandoned between the launch and this task's first step: send nothing.
+            if entry.phase is Phase.POLLING:
+                with scope:
+                    await self._poll_once(entry)
         except NanoBananaError as exc:
             self._on_error(entry, exc)
         except Exception as exc:
@@ -370,7 +381,9 @@ class PollScheduler:
                 entry.poll_done.set()
                 entry.poll_done = None
             if entry.phase is Phase.POLLING:  # a path that decided nothing: poll again later
-                self._requeue(entry, self._clock.now() + self.policy.interval(entry.polls))
+                self._requeue(
+                    entry, self._clock.now() + self.policy.interval(entry.polls, self._rng)
+                )
 
     async def _poll_once(self, entry: TaskEntry) -> None:
         entry.polls += 1
@@ -382,7 +395,11 @@ class PollScheduler:
         self.lateness_max = max(self.lateness_max, late)
         if entry.use_status_route:
             url = self._transport.task_url(entry.request_id, "status", entry.ticket.status_url)
-            status = parse_status((await self._get(url, "status")).json())
+            resp = await self._get(url, "status")
+            if resp.status >= 300:
+                self._on_error_response(entry, resp)
+                return
+            status = parse_status(resp.json())
             if status.state is TaskState.SUCCEEDED:
                 entry.use_status_route = False  # the next GET fetches the result at once
                 entry.polls -= 1
@@ -402,6 +419,10 @@ class PollScheduler:
             entry.state = TaskState.SUCCEEDED
             if self.finish(entry, parsed):
                 self._learn(entry)
+        elif parsed.state is TaskState.SUCCEEDED:
+            # The result route itself says "done" but brings no result: polling it again at
+            # once would loop; let the error backoff and ``max_errors`` decide.
+            raise ProtocolError("the task completed but its result route carries no result")
         else:
             self._on_status(entry, parsed)
 
@@ -416,15 +437,15 @@ class PollScheduler:
         except NanoBananaError:
             body = None
         failure_body = isinstance(body, dict) and ("error" in body or "error_type" in body)
-        if failure_body and resp.status not in (401, 403, 429) and resp.status < 500:
+        if failure_body and resp.status not in _ACCOUNT_STATUSES and resp.status < 500:
             self._on_status(entry, parse_status(body))
             return
         error = error_from_response(resp.status, resp.headers, resp.body)
-        if resp.status in (400, 405, 409) and not entry.use_status_route:
-            # A server that does not answer 202 on the response route while running:
-            # fall back to polling the status route for this task.
+        if resp.status in (400, 405, 409) and not entry.fell_back:
+            # A server that does not answer 202 on the response route while running: fall
+            # back to polling the status route for this task (once: never ping-pong).
             logger.debug("response route answered %d; polling status instead", resp.status)
-            entry.use_status_route = True
+            entry.use_status_route = entry.fell_back = True
             self._requeue(entry, self._clock.now())
             return
         raise error

@@ -378,40 +378,6 @@ async def test_never_more_than_max_concurrent_polls_in_flight() -> None:
         assert r.scheduler._limiter.borrowed_tokens == 0
 
 
-async def test_the_poll_budget_paces_polls_real_time() -> None:
-    # AdaptiveRateLimiter reads anyio.current_time() and sleeps with anyio.sleep: the budget runs
-    # on the real clock, not the injected one (see the xfail below). So: real time, but short.
-    rate = 200.0
-    async with rig(attrs.evolve(BACKOFF, max_polls_per_second=rate)) as r:
-        ids = [f"t{i}" for i in range(21)]
-        for rid in ids:
-            r.transport.script(rid, result())
-        all_done = anyio.Event()
-        entries = [r.watch(rid) for rid in ids]
-
-        def on_done(_: TaskEntry) -> None:
-            if all(x.done for x in entries):
-                all_done.set()
-
-        for entry in entries:
-            entry.listeners.append(on_done)
-        await r.clock.advance(1.0)  # all 21 due at once
-        with anyio.fail_after(2):
-            await all_done.wait()
-        sent = sorted(q.real_at for q in r.transport.requests)
-        assert len(sent) == 21
-        assert sent[-1] - sent[0] >= 20 / rate - 0.002  # 20 intervals of 1/rate
-        window = 0.05
-        for start in sent:
-            in_window = sum(1 for t in sent if start <= t < start + window)
-            assert in_window <= rate * window + 1  # + a burst of 1
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scheduler.py:147 builds AdaptiveRateLimiter on the real clock (anyio.current_time "
-    "and anyio.sleep), not the injected Clock: the budget ignores fake time",
-)
 async def test_the_poll_budget_follows_the_injected_clock() -> None:
     async with rig(attrs.evolve(BACKOFF, max_polls_per_second=1.0)) as r:
         for i in range(5):
@@ -518,11 +484,6 @@ async def test_abandon_while_waiting_for_a_poll_slot_is_never_polled() -> None:
         assert r.transport.for_task("a") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scheduler.py:326/354: between tg.start_soon(self._poll) and _poll starting, an "
-    "abandon finds no poll_scope to cancel and _poll sends the request anyway",
-)
 async def test_abandon_just_after_launch_is_never_polled() -> None:
     async with rig() as r:
         r.transport.script("a", result())
@@ -749,18 +710,13 @@ async def test_an_unexpected_transport_exception_ends_only_that_task() -> None:
         await r.clock.run_until(lambda: c.done)
 
 
-# -- bugs found while writing these tests (xfail until fixed) ---------------------------------
+# -- bugs found while writing these tests, fixed since ---------------------------------------
 
 
 def _finished_with(cls: type) -> Callable[[TaskEntry, FakeTransport], bool]:
     return lambda e, t: isinstance(e.outcome, cls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scheduler.py:385 parses the status route's body whatever its HTTP status: a 404 is "
-    "retried as a ProtocolError, a 429/503 with an error body becomes TaskFailedError",
-)
 @pytest.mark.parametrize(
     ("status_route", "expect"),
     [
@@ -790,11 +746,6 @@ async def test_the_status_route_honours_http_errors(
         assert expect(entry, r.transport), repr(entry.outcome)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scheduler.py:427/390: a response route that keeps answering 405 while the status "
-    "route says COMPLETED ping-pongs between the two routes with no delay and no error count",
-)
 async def test_a_status_route_fallback_does_not_ping_pong() -> None:
     async with rig(max_requests=60) as r:
         r.transport.script("a", reply(405, {"detail": "Method Not Allowed"}))
@@ -805,11 +756,6 @@ async def test_a_status_route_fallback_does_not_ping_pong() -> None:
         assert at_once <= 4, f"{at_once} requests at one instant"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scheduler.py:452: SUCCEEDED seen on the response route itself (a 200 status-shaped "
-    "body without outputs) requeues at `now` forever: zero-delay polling",
-)
 async def test_completed_without_a_result_does_not_poll_in_a_loop() -> None:
     async with rig(max_requests=60) as r:
         r.transport.script("a", reply(200, {"status": "COMPLETED", "request_id": "a"}))
