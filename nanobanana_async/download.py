@@ -22,7 +22,13 @@ import anyio
 import attrs
 
 from ._http._retry import RetryPolicy
-from .errors import ClientStateError, NanoBananaError, parse_retry_after
+from .errors import (
+    ClientStateError,
+    DownloadError,
+    DownloadTimeoutError,
+    NanoBananaError,
+    parse_retry_after,
+)
 from .models import GenerationResult, Output
 
 if TYPE_CHECKING:
@@ -57,26 +63,6 @@ def _redact(url: str) -> str:
 
 
 _PART = re.compile(r"\..+\.part-[0-9a-f]{12}")
-
-
-class DownloadError(NanoBananaError):
-    """An output could not be saved (status, size cap, content type, I/O)."""
-
-    def __init__(
-        self,
-        url: str,
-        reason: str,
-        *,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        self.url = _redact(url)
-        self.reason = reason
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-        super().__init__(f"cannot download {self.url}: {reason}")
 
 
 @attrs.frozen
@@ -259,10 +245,14 @@ class Downloader:
                 )
                 final = self._final_path(url, name)
                 path, size, digest = await self._save(url, resp, final, output.file_size)
-        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-            # Resets, timeouts and cut-short bodies may pass; a bad URL or redirect loop will not.
-            transient = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
-            retry = isinstance(exc, (*transient, asyncio.TimeoutError))
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            # Before ClientError: aiohttp's timeouts are both; on 3.10 asyncio's is not the builtin.
+            reason = f"timed out ({type(exc).__name__})"
+            raise DownloadTimeoutError(url, reason, retryable=True) from None
+        except aiohttp.ClientError as exc:
+            # Resets and cut-short bodies may pass; a bad URL or redirect loop will not.
+            transient = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+            retry = isinstance(exc, transient)
             raise DownloadError(url, type(exc).__name__, retryable=retry) from None
         return DownloadedFile(output_index, path, size, digest, content_type)
 
@@ -346,8 +336,8 @@ class Downloader:
                 renamed = True
             return final, size, hexdigest
         except OSError as exc:
-            if isinstance(exc, aiohttp.ClientError):
-                raise  # a network error, which _attempt classifies
+            if isinstance(exc, (aiohttp.ClientError, TimeoutError)):
+                raise  # a network error or a timeout (an OSError on 3.11+): _attempt classifies it
             raise DownloadError(url, f"cannot write {final}: {exc.strerror}") from None
         finally:
             with anyio.CancelScope(shield=True):

@@ -4,11 +4,16 @@
 
     NanoBananaError
     ├── ValidationError                 bad input, raised before any request is sent
+    │                                   (also ValueError)
     ├── ClientStateError                the client used outside ``async with`` or after close
+    │                                   (also RuntimeError)
     ├── ProtocolError                   a response body that is not the JSON we expect
+    │   └── ResponseTooLargeError       a body over ``Limits.max_response_bytes`` (never retried)
     ├── TransportError                  the request failed below HTTP
     │   ├── ConnectError                could not connect (nothing was sent)
-    │   └── TimeoutError                a connect/read timeout or the call's deadline
+    │   └── RequestTimeoutError         a connect timeout, a read stall or the call's deadline
+    │                                   (also builtins.TimeoutError; ``TimeoutError`` is a
+    │                                   deprecated alias)
     ├── SubmissionUnknownError          a create may have been processed; the task may exist
     ├── APIStatusError                  the service answered with an error status
     │   ├── BadRequestError             400
@@ -22,7 +27,15 @@
     ├── TaskError                       the task ran and did not produce a result
     │   ├── TaskFailedError             COMPLETED with an ``error_type``
     │   └── TaskCancelledError          COMPLETED with ``error_type`` CANCELED
+    ├── JournalError                    the journal refused an operation (``journal.py``)
+    │   ├── JournalMismatchError        the journal belongs to another input (also ValueError)
+    │   └── JournalStateError           a transition its recorded state forbids (also RuntimeError)
     └── DownloadError                   an output could not be saved (``download.py``)
+        └── DownloadTimeoutError        the download timed out (also RequestTimeoutError)
+
+Every timeout a call raises is a ``RequestTimeoutError`` (``SubmissionUnknownError`` for a create
+that may have reached the service), on every supported Python: on 3.10 ``asyncio.TimeoutError``
+is not ``builtins.TimeoutError``, and the SDK maps both.
 
 No error message, ``str`` or ``repr`` contains the API key: the key never reaches this module.
 """
@@ -37,6 +50,7 @@ import math
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "APIStatusError",
@@ -44,12 +58,19 @@ __all__ = [
     "BadRequestError",
     "ClientStateError",
     "ConnectError",
+    "DownloadError",
+    "DownloadTimeoutError",
     "InsufficientCreditsError",
+    "JournalError",
+    "JournalMismatchError",
+    "JournalStateError",
     "NanoBananaError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
     "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseTooLargeError",
     "ServerError",
     "SubmissionUnknownError",
     "TaskCancelledError",
@@ -105,6 +126,19 @@ class ProtocolError(NanoBananaError):
         super().__init__(f"{message}: {self.body_excerpt!r}" if body is not None else message)
 
 
+class ResponseTooLargeError(ProtocolError):
+    """A response body larger than ``Limits.max_response_bytes``; retrying cannot help.
+
+    ``limit`` is the cap in bytes; ``size`` the declared ``Content-Length``, or None when the
+    body was cut off while streaming.
+    """
+
+    def __init__(self, message: str, *, limit: int, size: int | None = None) -> None:
+        self.limit = limit
+        self.size = size
+        super().__init__(message)
+
+
 class TransportError(NanoBananaError):
     """The request failed below HTTP: connection error, reset or timeout."""
 
@@ -113,8 +147,16 @@ class ConnectError(TransportError):
     """Could not connect to the service; the request was not sent."""
 
 
-class TimeoutError(TransportError, builtins.TimeoutError):
-    """A connect or read timeout, or the overall deadline of a call, expired."""
+class RequestTimeoutError(TransportError, builtins.TimeoutError):
+    """A connect timeout, a stalled read, or the overall deadline of a call expired.
+
+    Also a ``builtins.TimeoutError``. A create that times out is reported as
+    ``SubmissionUnknownError`` instead (it may have reached the service).
+    """
+
+
+TimeoutError = RequestTimeoutError
+"""Deprecated alias of ``RequestTimeoutError`` (it shadows the built-in name when imported)."""
 
 
 class SubmissionUnknownError(NanoBananaError):
@@ -215,6 +257,60 @@ class TaskFailedError(TaskError):
 
 class TaskCancelledError(TaskError):
     """The task was cancelled (``error_type`` CANCELED)."""
+
+
+class JournalError(NanoBananaError):
+    """The journal refused an operation (``journal.py``); SQLite and file errors pass as is."""
+
+
+class JournalMismatchError(JournalError, ValueError):
+    """The journal belongs to a different input: an index was recorded with another request."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(
+            f"journal item {index} was recorded for a different request body; "
+            "this journal belongs to another input"
+        )
+        self.index = index
+
+
+class JournalStateError(JournalError, RuntimeError):
+    """The requested transition is not allowed from the item's recorded state."""
+
+
+def _redact_url(url: str) -> str:
+    """The scheme, host, port and path of ``url``: no user info, query string or fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<invalid URL>"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class DownloadError(NanoBananaError):
+    """An output could not be saved (status, size cap, content type, I/O, timeout)."""
+
+    def __init__(
+        self,
+        url: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.url = _redact_url(url)
+        self.reason = reason
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(f"cannot download {self.url}: {reason}")
+
+
+class DownloadTimeoutError(DownloadError, RequestTimeoutError):
+    """A download timed out (retried as transient); both a ``DownloadError`` and a timeout."""
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

@@ -24,6 +24,8 @@ from typing import Any, TypeVar, cast
 
 import attrs
 
+from .errors import JournalMismatchError, JournalStateError
+
 __all__ = [
     "ItemState",
     "Journal",
@@ -107,21 +109,6 @@ class JournalReport:
     request_ids: tuple[str, ...]
     unknown: tuple[int, ...]  # UNKNOWN, or PENDING (in flight or interrupted): may be billed
     total: int
-
-
-class JournalMismatchError(ValueError):
-    """The journal belongs to a different input: an index was recorded with another request."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(
-            f"journal item {index} was recorded for a different request body; "
-            "this journal belongs to another input"
-        )
-        self.index = index
-
-
-class JournalStateError(RuntimeError):
-    """The requested transition is not allowed from the item's recorded state."""
 
 
 def _canonical(body: Mapping[str, Any]) -> str:

@@ -119,3 +119,88 @@ def test_task_errors() -> None:
     assert "r1" in str(err) and "CONTENT_BLOCKED" in str(err)
     cancelled = TaskCancelledError("x", request_id="r2", error_type="CANCELED")
     assert cancelled.request_id == "r2"
+
+
+# -- the tree -----------------------------------------------------------------------------------
+
+
+def _error_classes() -> list[type[BaseException]]:
+    import nanobanana_async.errors as errors
+
+    return sorted(
+        {
+            obj
+            for obj in vars(errors).values()
+            if isinstance(obj, type)
+            and issubclass(obj, BaseException)
+            and obj.__module__ in ("nanobanana_async", "nanobanana_async.errors")
+        },
+        key=lambda cls: cls.__name__,
+    )
+
+
+def test_every_error_class_is_under_the_root_exported_and_drawn() -> None:
+    import nanobanana_async
+    import nanobanana_async.errors as errors
+
+    classes = _error_classes()
+    assert len(classes) == 26  # a new class: draw it in the tree and export it
+    drawn = errors.__doc__ or ""
+    for cls in classes:
+        assert issubclass(cls, NanoBananaError), cls
+        assert getattr(nanobanana_async, cls.__name__) is cls, f"{cls.__name__} not at the root"
+        assert cls.__name__ in errors.__all__, cls
+        root = cls is NanoBananaError and f"\n    {cls.__name__}\n" in drawn
+        assert root or f"── {cls.__name__} " in drawn, f"{cls.__name__} missing from the tree"
+
+
+def test_no_exception_class_is_defined_outside_errors() -> None:
+    import nanobanana_async
+
+    for name in nanobanana_async.__all__:
+        obj = getattr(nanobanana_async, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, NanoBananaError), name
+            assert obj in _error_classes(), f"{name} is not defined in errors.py"
+
+
+def test_moved_errors_keep_their_old_names_and_bases() -> None:
+    import nanobanana_async
+    from nanobanana_async import download, errors, journal
+
+    assert journal.JournalMismatchError is errors.JournalMismatchError
+    assert journal.JournalStateError is errors.JournalStateError
+    assert download.DownloadError is errors.DownloadError
+    assert nanobanana_async.JournalMismatchError is errors.JournalMismatchError
+    mismatch = errors.JournalMismatchError(4)
+    assert isinstance(mismatch, ValueError) and isinstance(mismatch, errors.JournalError)
+    assert mismatch.index == 4 and "4" in str(mismatch)
+    state = errors.JournalStateError("journal item 1 is pending")
+    assert isinstance(state, RuntimeError) and isinstance(state, errors.JournalError)
+    with pytest.raises(ValueError):  # existing `except ValueError` code keeps working
+        raise mismatch
+
+
+def test_timeouts_are_builtin_timeouts_and_the_old_name_is_an_alias() -> None:
+    import builtins
+
+    import nanobanana_async
+    from nanobanana_async import errors
+
+    assert errors.TimeoutError is errors.RequestTimeoutError
+    assert nanobanana_async.TimeoutError is nanobanana_async.RequestTimeoutError
+    assert issubclass(errors.RequestTimeoutError, errors.TransportError)
+    assert issubclass(errors.RequestTimeoutError, builtins.TimeoutError)
+    err = errors.DownloadTimeoutError("https://u:secret@cdn.example/a.png?sig=x", "timed out")
+    assert isinstance(err, errors.DownloadError) and isinstance(err, errors.RequestTimeoutError)
+    assert isinstance(err, builtins.TimeoutError)
+    assert str(err) == "cannot download https://cdn.example/a.png: timed out"  # no secrets
+    assert err.args == (str(err),) and err.errno is None
+
+
+def test_response_too_large() -> None:
+    from nanobanana_async import ProtocolError, ResponseTooLargeError
+
+    err = ResponseTooLargeError("response body exceeds the 10-byte cap", limit=10)
+    assert isinstance(err, ProtocolError) and err.limit == 10 and err.size is None
+    assert str(err) == "response body exceeds the 10-byte cap"

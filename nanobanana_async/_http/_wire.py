@@ -37,7 +37,6 @@ from ..models import (
 
 __all__ = [
     "CONVERTER",
-    "decode_json",
     "encode_request",
     "parse_request",
     "parse_response",
@@ -95,14 +94,6 @@ def _build() -> cattrs.Converter:
 
 
 CONVERTER = _build()
-
-
-def decode_json(body: bytes | str) -> Any:
-    """Parse a body as JSON or raise ``ProtocolError`` with an excerpt."""
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise ProtocolError("response is not valid JSON", body=body) from None
 
 
 def encode_request(request: GenerationRequest) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from nanobanana_async import (
     TaskStatus,
     ValidationError,
 )
+from nanobanana_async._http._transport import Response
 from nanobanana_async._http._wire import (
-    decode_json,
     encode_request,
     parse_request,
     parse_response,
@@ -259,12 +259,12 @@ def test_result_wrong_shapes() -> None:
         parse_response(200, {"outputs": [{"type": "image", "width": "wide"}]})
 
 
-def test_decode_json_excerpt() -> None:
+def test_unparsable_body_is_a_protocol_error_with_an_excerpt() -> None:
     with pytest.raises(ProtocolError) as info:
-        decode_json(b'{"status": "IN_QU' + b"x" * 1000)
+        Response(200, {}, b'{"status": "IN_QU' + b"x" * 1000).json()
     assert "status" in info.value.body_excerpt and len(info.value.body_excerpt) < 250
     with pytest.raises(ProtocolError):
-        decode_json(b"[" * 100_000)
+        Response(200, {}, b"[" * 100_000).json()
 
 
 json_values = st.recursive(
