@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import logging
@@ -23,8 +24,9 @@ from ..errors import (
     NanoBananaError,
     ProtocolError,
     RateLimitError,
+    RequestTimeoutError,
+    ResponseTooLargeError,
     SubmissionUnknownError,
-    TimeoutError,
     TransportError,
     ValidationError,
     error_from_response,
@@ -38,6 +40,8 @@ __all__ = ["HttpEvent", "Response", "Transport"]
 logger = logging.getLogger("nanobanana_async")
 USER_AGENT = f"nanobanana-async/{__version__}"
 Kind = Literal["create", "status", "result", "cancel"]
+# Every timeout, on every Python: asyncio.TimeoutError is builtins.TimeoutError only from 3.11.
+_TIMEOUTS = (asyncio.TimeoutError, builtins.TimeoutError)
 
 
 @attrs.frozen
@@ -202,7 +206,7 @@ class Transport:
         try:
             with anyio.fail_after(self.timeout.deadline):
                 return await self._with_retries(method, url, kind, json_body, policy, ok_statuses)
-        except builtins.TimeoutError as exc:
+        except _TIMEOUTS as exc:
             if isinstance(exc, NanoBananaError):
                 raise
             if kind == "create":
@@ -210,7 +214,9 @@ class Transport:
                     f"create exceeded its {self.timeout.deadline:g} s deadline",
                     request_body=json_body,
                 ) from None
-            raise TimeoutError(f"{method} {kind} exceeded {self.timeout.deadline:g} s") from None
+            raise RequestTimeoutError(
+                f"{method} {kind} exceeded {self.timeout.deadline:g} s"
+            ) from None
 
     async def _with_retries(
         self,
@@ -234,8 +240,8 @@ class Transport:
             if kind == "create":
                 if not may_retry_create(error):
                     raise _as_create_error(error, json_body)
-            elif not policy.is_retryable(error):
-                raise error
+            elif isinstance(error, ResponseTooLargeError) or not policy.is_retryable(error):
+                raise error  # the same body would come back just as large
             wait: float | None
             if isinstance(error, RateLimitError) and limited < policy.max_rate_limited:
                 # Flow control, not failure: wait it out without using up an attempt.
@@ -292,16 +298,20 @@ class Transport:
         except NanoBananaError as exc:
             error_text = type(exc).__name__
             raise
+        except _TIMEOUTS as exc:
+            # Before ClientError: aiohttp's connect/read timeouts are both, and on Python 3.10
+            # asyncio.TimeoutError (also the session's total timeout) is not the builtin.
+            error_text = type(exc).__name__
+            path = urlsplit(url).path
+            raise RequestTimeoutError(f"{method} {path}: timed out ({error_text})") from None
         except aiohttp.ClientConnectorError as exc:
             error_text = type(exc).__name__
             raise ConnectError(
                 f"cannot connect to {urlsplit(url).netloc}: {exc.os_error}"
             ) from None
-        except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             error_text = type(exc).__name__
             path = urlsplit(url).path
-            if isinstance(exc, builtins.TimeoutError):
-                raise TimeoutError(f"{method} {path}: timed out") from None
             raise TransportError(f"{method} {path}: {type(exc).__name__}") from None
         finally:
             if self._hooks or logger.isEnabledFor(logging.DEBUG):
@@ -338,7 +348,9 @@ _ALL_ERRORS = 300  # an ok_statuses set this large covers every non-2xx status
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     length = resp.content_length
     if length is not None and length > cap:
-        raise ProtocolError(f"response body of {length} bytes exceeds the {cap}-byte cap")
+        raise ResponseTooLargeError(
+            f"response body of {length} bytes exceeds the {cap}-byte cap", limit=cap, size=length
+        )
     if length is not None and not resp.headers.get("Content-Encoding"):
         return await resp.read()  # declared and small enough: read it whole
     chunks: list[bytes] = []
@@ -346,7 +358,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     async for chunk in resp.content.iter_chunked(65536):
         size += len(chunk)
         if size > cap:
-            raise ProtocolError(f"response body exceeds the {cap}-byte cap")
+            raise ResponseTooLargeError(f"response body exceeds the {cap}-byte cap", limit=cap)
         chunks.append(chunk)
     return b"".join(chunks)
 

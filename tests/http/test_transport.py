@@ -11,12 +11,15 @@ import pytest
 from nanobanana_async import (
     ConnectError,
     HttpEvent,
+    NanoBananaError,
     RateLimitError,
+    RequestTimeoutError,
+    ResponseTooLargeError,
     RetryPolicy,
     ServerError,
     SubmissionUnknownError,
+    TaskFailedError,
     Timeout,
-    TimeoutError,
 )
 from nanobanana_async.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 
@@ -173,7 +176,7 @@ async def test_status_stall_times_out(nanobanana_emulator: Emulator) -> None:
         emu, timeout=timeout, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)
     ) as client:
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(RequestTimeoutError):
             await client.status("mmsu_x")
     assert time.monotonic() - started < 2
 
@@ -187,13 +190,13 @@ async def test_key_never_logged_and_never_sent_to_other_origins(
     async with client_for(emu, hooks=[events.append]) as client:
         result = await client.generate("hygiene")
         url = result.images[0].url
-        assert url is not None and not client._transport.is_api_origin(url)
-        resp = await client._transport.request("GET", url, kind="result")
+        assert url is not None and not client._runtime.transport.is_api_origin(url)
+        resp = await client._runtime.transport.request("GET", url, kind="result")
         assert resp.status == 200 and resp.body.startswith(b"\x89PNG")
-        try:
+        with pytest.raises(TaskFailedError) as info:
             await client.generate("a [blocked] one")
-        except Exception as exc:  # noqa: BLE001 - the text of whatever error is checked below
-            assert emu.api_key not in str(exc) and emu.api_key not in repr(exc)
+        assert isinstance(info.value, NanoBananaError)
+        assert emu.api_key not in str(info.value) and emu.api_key not in repr(info.value)
     assert emu.stats.cdn_requests == 1 and emu.stats.cdn_auth_rejected == 0
     assert caplog.records, "debug logging produced nothing"
     assert any("/response" in r.getMessage() for r in caplog.records)
@@ -211,8 +214,11 @@ async def test_oversized_body_is_a_protocol_error(nanobanana_emulator: Emulator)
         result = await client.generate("big")
         url = result.images[0].url
         assert url is not None and (result.images[0].file_size or 0) > 1000
-        with pytest.raises(ProtocolError, match="cap"):
-            await client._transport.request("GET", url, kind="result")
+        sent = client.stats.requests_sent
+        with pytest.raises(ResponseTooLargeError, match="cap") as info:
+            await client._runtime.transport.request("GET", url, kind="result")
+        assert isinstance(info.value, ProtocolError) and info.value.limit == 1000
+        assert client.stats.requests_sent == sent + 1  # not retried: it would be as large again
 
 
 @pytest.mark.nanobanana_emulator(service_time=ServiceTime.fixed(0.0))
