@@ -27,6 +27,7 @@ from .errors import (
     DownloadError,
     DownloadTimeoutError,
     NanoBananaError,
+    _redact_url,
     parse_retry_after,
 )
 from .models import GenerationResult, Output
@@ -49,17 +50,6 @@ _RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(10)}
 )
 _READ_BLOCK = 1024 * 1024
-
-
-def _redact(url: str) -> str:
-    """The scheme, host, port and path of ``url``: no user info, query string or fragment."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<invalid URL>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 _PART = re.compile(r"\..+\.part-[0-9a-f]{12}")
@@ -157,7 +147,7 @@ class Downloader:
         self._client = client
         self.out_dir = pathlib.Path(out_dir)
         self.max_bytes = max_bytes
-        self.retry = retry if retry is not None else client._transport.retry
+        self.retry = retry if retry is not None else client._runtime.retry
         self.timeout = timeout
         self.allowed_types = tuple(t.lower() for t in allowed_types)
         self.chunk_size = chunk_size
@@ -165,8 +155,8 @@ class Downloader:
 
     def _session(self) -> aiohttp.ClientSession:
         try:
-            return self._client._transport.session
-        except RuntimeError:
+            return self._client._runtime.download_session()
+        except (RuntimeError, ClientStateError):
             raise ClientStateError("downloads need an open Client") from None
 
     @staticmethod
@@ -200,7 +190,7 @@ class Downloader:
     ) -> DownloadedFile:
         """Save one output, retrying transient failures from scratch; returns the saved file."""
         url = output.url or ""
-        if not _redact(url).startswith(("http://", "https://")) or not urlsplit(url).hostname:
+        if not _redact_url(url).startswith(("http://", "https://")) or not urlsplit(url).hostname:
             raise DownloadError(url, "not an absolute http(s) URL")
         if output.file_size is not None and output.file_size > self.max_bytes:
             raise DownloadError(url, f"declared size exceeds the {self.max_bytes}-byte cap")

@@ -12,6 +12,7 @@ from ..errors import (
     NanoBananaError,
     ProtocolError,
     RateLimitError,
+    ResponseTooLargeError,
     ServerError,
     TransportError,
 )
@@ -54,6 +55,8 @@ class RetryPolicy:
         """Whether ``error`` may be retried for an idempotent request (GET, cancel)."""
         if isinstance(error, APIStatusError):
             return error.status_code in self.retry_statuses
+        if isinstance(error, ResponseTooLargeError):
+            return False  # the same body would come again
         return isinstance(error, (TransportError, ProtocolError))
 
     def delay(

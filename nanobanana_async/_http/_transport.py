@@ -338,7 +338,10 @@ class Transport:
         )
         event = HttpEvent(method, path, attempt, status, elapsed, error_text)
         for hook in self._hooks:
-            hook(event)
+            try:
+                hook(event)
+            except Exception:  # the user's hook: logged, never raised into the request path
+                logger.exception("an HTTP event hook failed; the request goes on")
 
 
 _PLAIN_HEADERS = {"Accept": "application/json"}
