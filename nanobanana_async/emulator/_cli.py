@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--deterministic-ids",
+        action="store_true",
+        help="request ids depend on --seed alone (default: unique across restarts)",
+    )
     p.add_argument("--rate-limit", type=float, default=None, help="requests/s per key")
     p.add_argument("--rate-burst", type=int, default=10)
     p.add_argument("--credits", type=int, default=None)
@@ -141,6 +146,7 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         credits=args.credits,
+        deterministic_ids=args.deterministic_ids,
         retention=args.retention,
         faults=Faults(**faults),  # type: ignore[arg-type]
         task_faults=TaskFaults(**task_faults),

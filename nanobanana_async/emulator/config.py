@@ -170,7 +170,11 @@ _DEFAULT_SERVICE_TIME = ServiceTime.fixed(2.0)
 
 @attrs.frozen(kw_only=True)
 class EmulatorConfig:
-    """Everything the emulator does; immutable, replace it with `Emulator.reconfigure`."""
+    """Everything the emulator does; immutable, replace it with `Emulator.reconfigure`.
+
+    Request ids are unique across restarts; `deterministic_ids=True` makes them a function of
+    `seed` alone.
+    """
 
     api_key: str = "emulator-key"
     host: str = "127.0.0.1"
@@ -185,6 +189,7 @@ class EmulatorConfig:
     rate_limit: float | None = None
     rate_burst: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     credits: int | None = None
+    deterministic_ids: bool = False
     faults: Faults = Faults()
     task_faults: TaskFaults = TaskFaults()
     variants: Variants = Variants()

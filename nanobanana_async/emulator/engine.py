@@ -9,6 +9,7 @@ import asyncio
 import bisect
 import hashlib
 import random
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,9 +64,15 @@ class Task(TaskRecord):
         return self.state == "COMPLETED"
 
 
-def make_id(seed: int, n: int) -> str:
-    """The n-th request id of a run with this seed: `mmsu_` plus 26 base-32 characters."""
-    digest = int.from_bytes(hashlib.sha256(f"{seed}:{n}".encode()).digest()[:17], "big")
+def make_id(seed: int, n: int, nonce: str = "") -> str:
+    """The n-th request id of a run: `mmsu_` plus 26 base-32 characters.
+
+    Without a `nonce` the id depends on `seed` and `n` alone (the same in every run); the engine
+    passes a random per-instance nonce unless `EmulatorConfig.deterministic_ids` is set, so that a
+    restarted emulator never hands out an id a client may still hold from an earlier run.
+    """
+    material = f"{seed}:{n}" if not nonce else f"{nonce}:{seed}:{n}"
+    digest = int.from_bytes(hashlib.sha256(material.encode()).digest()[:17], "big")
     chars = []
     for _ in range(26):
         digest, r = divmod(digest, 32)
@@ -84,6 +91,7 @@ class Engine:
         self._service_rng = random.Random(f"service:{config.seed}")
         self._task_fault_rng = random.Random(f"task-faults:{config.seed}")
         self._counter = 0
+        self._id_nonce = "" if config.deterministic_ids else secrets.token_hex(8)
         self._tasks: dict[str, Task] = {}
         self._queue: deque[Task] = deque()
         self._popped = 0  # entries ever taken off the queue's head
@@ -158,7 +166,7 @@ class Engine:
         self._sweep()
         cfg = self.config
         now = time.monotonic()
-        task = Task(make_id(cfg.seed, self._counter), model, now)
+        task = Task(make_id(cfg.seed, self._counter, self._id_nonce), model, now)
         self._counter += 1
         task.prompt = prompt
         task.image_size = image_size

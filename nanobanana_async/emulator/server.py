@@ -43,7 +43,7 @@ class Emulator:
 
     def reconfigure(self, **changes: Any) -> EmulatorConfig:
         """Replace configuration fields (faults, variants, rate_limit, ...) for later requests."""
-        fixed = {"host", "port", "cdn_port", "seed"} & changes.keys()
+        fixed = {"host", "port", "cdn_port", "seed", "deterministic_ids"} & changes.keys()
         if fixed:
             raise ValueError(f"cannot change {sorted(fixed)} on a running emulator")
         self._config = attrs.evolve(self._config, **changes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -174,6 +175,7 @@ async def _run(factory: Factory, api_factory: ApiFactory, **config: Any) -> dict
     async with factory(
         service_time=ServiceTime.lognormal(20, 0.5),
         task_faults=TaskFaults(inference_failure=0.3),
+        deterministic_ids=True,  # ids are unique across restarts unless asked otherwise
         **config,
     ) as emu:
         api = api_factory(emu)
@@ -201,3 +203,36 @@ async def test_same_seed_same_run(
     # Request faults use their own stream: switching them off leaves service times alone.
     quiet = await _run(nanobanana_emulator_factory, api_factory, seed=7)
     assert quiet["service"][: len(a["service"])] == a["service"]
+
+
+async def _ids(
+    factory: Factory, api_factory: ApiFactory, n: int = 3, seed: int = 5, **config: Any
+) -> list[str]:
+    async with factory(seed=seed, **config) as emu:
+        api = api_factory(emu)
+        return [await api.create_id({"prompt": f"p{i}"}) for i in range(n)]
+
+
+async def test_ids_unique_across_restarts(
+    nanobanana_emulator_factory: Factory, api_factory: ApiFactory
+) -> None:
+    first = await _ids(nanobanana_emulator_factory, api_factory)
+    second = await _ids(nanobanana_emulator_factory, api_factory)
+    assert not set(first) & set(second)
+    for rid in first + second:
+        assert re.fullmatch(r"mmsu_[0-9a-z]{26}", rid)
+
+
+async def test_deterministic_ids_on_request(
+    nanobanana_emulator_factory: Factory, api_factory: ApiFactory
+) -> None:
+    first = await _ids(nanobanana_emulator_factory, api_factory, deterministic_ids=True)
+    second = await _ids(nanobanana_emulator_factory, api_factory, deterministic_ids=True)
+    assert first == second
+    other = await _ids(
+        nanobanana_emulator_factory, api_factory, n=1, seed=6, deterministic_ids=True
+    )
+    assert other != first[:1]
+    async with nanobanana_emulator_factory() as emu:
+        with pytest.raises(ValueError, match="deterministic_ids"):
+            emu.reconfigure(deterministic_ids=True)
