@@ -16,6 +16,7 @@ from .errors import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    BatchAbortedError,
     ClientStateError,
     ConnectError,
     DownloadTimeoutError,
@@ -23,6 +24,7 @@ from .errors import (
     JournalError,
     JournalStateError,
     NanoBananaError,
+    NoImageError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -54,6 +56,7 @@ from .models import (
 )
 
 __all__ = [
+    "BatchAbortedError",
     "BatchEvent",
     "BatchOptions",
     "BatchStream",
@@ -88,6 +91,7 @@ __all__ = [
     "LogEntry",
     "Modality",
     "NanoBananaError",
+    "NoImageError",
     "NotFoundError",
     "Output",
     "PermissionDeniedError",

@@ -242,7 +242,7 @@ class Client:
             raise ValidationError("retry", retry, "must be a RetryPolicy or None")
         runtime = self._require_open()
         ticket = await runtime.create(request, retry=retry)
-        return Job(runtime, ticket, self.cancel_on_abandon)
+        return Job(runtime, ticket, self.cancel_on_abandon, request.wants_image)
 
     async def generate(
         self,

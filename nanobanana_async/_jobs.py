@@ -17,11 +17,18 @@ __all__ = ["Job"]
 class Job:
     """A task on the service: ``await job`` (or ``job.result()``) for its result."""
 
-    __slots__ = ("_cancel_on_abandon", "_runtime", "ticket")
+    __slots__ = ("_cancel_on_abandon", "_expect_image", "_runtime", "ticket")
 
-    def __init__(self, runtime: Runtime, ticket: Ticket, cancel_on_abandon: bool = True) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        ticket: Ticket,
+        cancel_on_abandon: bool = True,
+        expect_image: bool | None = None,
+    ) -> None:
         self._runtime = runtime
         self._cancel_on_abandon = cancel_on_abandon
+        self._expect_image = expect_image
         self.ticket = ticket
 
     @property
@@ -41,7 +48,8 @@ class Job:
     ) -> GenerationResult:
         """Wait for the task to finish and return its result.
 
-        Raises ``TaskFailedError`` / ``TaskCancelledError`` when the task ends without a result,
+        Raises ``TaskFailedError`` / ``TaskCancelledError`` when the task ends without a result
+        (``NoImageError`` when it asked for images and none came back),
         and ``RequestTimeoutError`` after ``timeout`` seconds. If the wait is cancelled or times
         out, and no one else waits for the task, it is cancelled on the service too, unless
         ``cancel_on_abandon=False``.
@@ -51,7 +59,12 @@ class Job:
         if cancel_on_abandon is not None and not isinstance(cancel_on_abandon, bool):
             raise ValidationError("cancel_on_abandon", cancel_on_abandon, "must be a bool or None")
         cancel = self._cancel_on_abandon if cancel_on_abandon is None else cancel_on_abandon
-        return await self._runtime.wait(self.ticket, timeout=timeout, cancel_on_abandon=cancel)
+        return await self._runtime.wait(
+            self.ticket,
+            timeout=timeout,
+            cancel_on_abandon=cancel,
+            expect_image=self._expect_image,
+        )
 
     async def cancel(self) -> bool:
         """Ask the service to cancel the task; False if it had already finished."""

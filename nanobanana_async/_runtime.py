@@ -176,16 +176,23 @@ class Runtime:
         resp = await self.transport.request("GET", url, kind="status")
         return parse_status(resp.json())
 
-    def watch(self, ticket: Ticket, *, submitted_at: float | None = None) -> TaskEntry:
+    def watch(
+        self, ticket: Ticket, *, submitted_at: float | None = None, expect_image: bool | None
+    ) -> TaskEntry:
         """Have the scheduler poll a task (shared with anyone already watching it)."""
-        return self.scheduler.watch(ticket, submitted_at=submitted_at)
+        return self.scheduler.watch(ticket, submitted_at=submitted_at, expect_image=expect_image)
 
     async def wait(
-        self, ticket: Ticket, *, timeout: float | None, cancel_on_abandon: bool
+        self,
+        ticket: Ticket,
+        *,
+        timeout: float | None,
+        cancel_on_abandon: bool,
+        expect_image: bool | None = None,
     ) -> GenerationResult:
         """Wait for a task's outcome; the last waiter to give up stops it (and cancels it)."""
         scheduler = self.scheduler
-        entry = scheduler.watch(ticket)
+        entry = scheduler.watch(ticket, expect_image=expect_image)
         entry.waiters += 1
         try:
             with anyio.fail_after(timeout):

@@ -25,8 +25,10 @@
     │   ├── RateLimitError              429 (``retry_after`` in seconds)
     │   └── ServerError                 5xx
     ├── TaskError                       the task ran and did not produce a result
-    │   ├── TaskFailedError             COMPLETED with an ``error_type``
+    │   ├── TaskFailedError             COMPLETED with an ``error``/``error_type``
+    │   │   └── NoImageError            finished without the image that was asked for
     │   └── TaskCancelledError          COMPLETED with ``error_type`` CANCELED
+    ├── BatchAbortedError               a batch stopped: the account cannot go on, or its cap
     ├── JournalError                    the journal refused an operation (``journal.py``)
     │   ├── JournalMismatchError        the journal belongs to another input (also ValueError)
     │   └── JournalStateError           a transition its recorded state forbids (also RuntimeError)
@@ -57,6 +59,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientStateError",
+    "BatchAbortedError",
     "ConnectError",
     "DownloadError",
     "DownloadTimeoutError",
@@ -65,6 +68,7 @@ __all__ = [
     "JournalMismatchError",
     "JournalStateError",
     "NanoBananaError",
+    "NoImageError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
@@ -244,15 +248,67 @@ class ServerError(APIStatusError):
 class TaskError(NanoBananaError):
     """The task ran on the service and ended without a result."""
 
-    def __init__(self, message: str, *, request_id: str, error_type: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str,
+        error_type: str | None,
+        provider_error: Mapping[str, Any] | None = None,
+    ) -> None:
         self.request_id = request_id
         self.error_type = error_type
         self.message = message
+        self.provider_error = provider_error
         super().__init__(f"task {request_id} {error_type or 'failed'}: {message}")
 
 
 class TaskFailedError(TaskError):
     """The task completed with an error (``error_type`` such as CONTENT_BLOCKED)."""
+
+
+class NoImageError(TaskFailedError):
+    """The task finished without an image although images were asked for.
+
+    Safety filters and overloaded models do this. ``text`` holds the model's text outputs (often
+    a refusal), ``outputs`` every output, ``metadata`` the result's metadata (a finish reason).
+    """
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        text: str | None,
+        outputs: tuple[Any, ...] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.text = text
+        self.outputs = outputs
+        self.metadata = dict(metadata or {})
+        reason = self.metadata.get("finish_reason") or self.metadata.get("finishReason")
+        detail = f" ({reason})" if reason else ""
+        said = f"; the model said: {excerpt(text, 160)}" if text else ""
+        super().__init__(
+            f"finished without an image{detail}{said}",
+            request_id=request_id,
+            error_type="NO_IMAGE",
+        )
+
+
+class BatchAbortedError(NanoBananaError):
+    """A batch stopped creating tasks: the key was refused (401/403), the credits ran out (402),
+    the service asked to wait longer than the policy allows, or ``max_creates`` was reached.
+
+    Raised by the stream's ``async for`` (and ``map``) after every outcome in hand was
+    delivered; ``cause`` is the error that stopped it (also ``__cause__``). Rerunning with the
+    same journal resumes where it stopped.
+    """
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        self.cause = cause
+        super().__init__(message)
+        if cause is not None:
+            self.__cause__ = cause
 
 
 class TaskCancelledError(TaskError):

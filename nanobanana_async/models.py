@@ -164,6 +164,12 @@ class GenerationRequest:
         default=None, converter=_to_modalities
     )
 
+    @property
+    def wants_image(self) -> bool:
+        """Whether the request asks for images (the default modalities include them)."""
+        modalities = self.response_modalities
+        return modalities is None or Modality.IMAGE in modalities
+
     def __repr__(self) -> str:
         prompt = self.prompt if len(self.prompt) <= 60 else self.prompt[:57] + "..."
         parts = [f"prompt={prompt!r}"]
@@ -225,6 +231,7 @@ class TaskStatus:
     error_message: str | None = None
     inference_time: float | None = None
     response_url: str | None = None
+    provider_error: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
     @property

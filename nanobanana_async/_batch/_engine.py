@@ -316,7 +316,9 @@ class _Engine:
         item.submitted_at = self._runtime.now()
         self._emit(EventKind.SUBMITTED, item)
         try:
-            entry = self._runtime.watch(ticket, submitted_at=item.submitted_at)
+            entry = self._runtime.watch(
+                ticket, submitted_at=item.submitted_at, expect_image=request.wants_image
+            )
         except ClientStateError as exc:
             logger.error("task %s created but cannot be watched: %s", ticket.request_id, exc)
             self._deliver(item, error=exc)

@@ -206,33 +206,44 @@ def _usable_id(request_id: str) -> bool:
     return not any(ord(ch) < 32 or ord(ch) == 127 for ch in request_id)
 
 
+def _present(value: Any) -> Any:
+    """None for a field that says nothing (missing, null, empty)."""
+    return None if value is None or value == "" or value == {} else value
+
+
 def _error_fields(data: Mapping[str, Any]) -> tuple[Any, Any]:
     """(error_type, message) from ``error`` as a string or an object, and ``error_type``."""
-    error = data.get("error")
-    error_type = data.get("error_type")
+    error = _present(data.get("error"))
+    error_type = _present(data.get("error_type"))
     message: Any = error
     if isinstance(error, dict):
-        message = error.get("message")
+        message = _present(error.get("message"))
         error_type = error_type or error.get("code") or error.get("type")
+        if message is None and error_type is None:
+            message = _dump(error)[:200]  # an error object of another shape is still an error
     if message is None and isinstance(data.get("provider_error"), dict):
         message = data["provider_error"].get("message")
     return error_type, message
 
 
+def has_error(data: Mapping[str, Any]) -> bool:
+    """Whether a body reports a failure (API.md: then it is the failure, whatever else it has)."""
+    return _present(data.get("error")) is not None or _present(data.get("error_type")) is not None
+
+
 def _state_of(data: Mapping[str, Any], raw: Any) -> TaskState:
-    value = data.get("status")
     error_type, message = _error_fields(data)
-    if value is None and (error_type is not None or message is not None):
-        value = "COMPLETED"  # API.md: a body with error/error_type is the failure, any status
+    if error_type is not None or message is not None:
+        # API.md: a body with error/error_type is the failure, whatever its status says.
+        if str(error_type).upper() in _CANCELLED_TYPES:
+            return TaskState.CANCELLED
+        return TaskState.FAILED
+    value = data.get("status")
     if not isinstance(value, str):
         raise ProtocolError("status is missing or not a string", body=_dump(raw))
     state = _STATES.get(value.strip().upper())
     if state is None:
         raise ProtocolError(f"unknown task status {value[:40]!r}", body=_dump(raw))
-    if state is TaskState.SUCCEEDED and (error_type is not None or message is not None):
-        state = TaskState.FAILED
-    if state is TaskState.FAILED and str(error_type).upper() in _CANCELLED_TYPES:
-        state = TaskState.CANCELLED
     return state
 
 
@@ -253,6 +264,9 @@ def parse_status(raw: Any) -> TaskStatus:
     metrics = data.get("metrics")
     if isinstance(metrics, dict) and metrics.get("inference_time") is not None:
         fields["inference_time"] = metrics["inference_time"]
+    provider_error = data.get("provider_error")
+    if isinstance(provider_error, dict):
+        fields["provider_error"] = provider_error
     return _structure({k: v for k, v in fields.items() if v is not None}, TaskStatus, raw)
 
 
@@ -269,7 +283,7 @@ def _logs(value: Any) -> list[dict[str, Any]]:
 
 
 def _is_status_shaped(data: Mapping[str, Any]) -> bool:
-    return "outputs" not in data and ("status" in data or "error" in data or "error_type" in data)
+    return has_error(data) or ("outputs" not in data and "status" in data)
 
 
 @_depth_guarded

@@ -72,6 +72,7 @@ class TaskEntry:
     observers: list[Observer] = attrs.field(factory=list)
     use_status_route: bool = False
     fell_back: bool = False  # the status-route fallback is taken at most once per task
+    expect_image: bool | None = None  # None: unknown (a task watched by id only)
     poll_scope: anyio.CancelScope | None = None
     poll_done: anyio.Event | None = None
 

@@ -34,6 +34,7 @@ from ..errors import (
     ClientStateError,
     InsufficientCreditsError,
     NanoBananaError,
+    NoImageError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -185,17 +186,30 @@ class PollScheduler:
 
     # -- registration -----------------------------------------------------------------------
 
-    def watch(self, ticket: Ticket, *, submitted_at: float | None = None) -> TaskEntry:
-        """Start polling a task (or return the live entry already polling it)."""
+    def watch(
+        self,
+        ticket: Ticket,
+        *,
+        submitted_at: float | None = None,
+        expect_image: bool | None = None,
+    ) -> TaskEntry:
+        """Start polling a task (or return the live entry already polling it).
+
+        ``expect_image``: the request asked for images, so a result without one is a
+        ``NoImageError`` (None: not known, e.g. a task watched by id only).
+        """
         if self._closed:
             raise ClientStateError("the client is closed")
         entry = self._entries.get(ticket.request_id)
         if entry is not None:
+            if entry.expect_image is None:
+                entry.expect_image = expect_image
             return entry
         url = self._transport.task_url(ticket.request_id, "response", ticket.response_url)
         now = self._clock.now()
         entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
         entry.queue_position = ticket.queue_position
+        entry.expect_image = expect_image
         self._entries[ticket.request_id] = entry
         self._push(entry, self._next_due(entry, entry.submitted_at))
         return entry
@@ -417,7 +431,15 @@ class PollScheduler:
             if not parsed.request_id:
                 parsed = attrs.evolve(parsed, request_id=entry.request_id)
             entry.state = TaskState.SUCCEEDED
-            if self.finish(entry, parsed):
+            outcome: GenerationResult | NanoBananaError = parsed
+            if entry.expect_image and not parsed.images:
+                outcome = NoImageError(
+                    request_id=entry.request_id,
+                    text=parsed.text,
+                    outputs=parsed.outputs,
+                    metadata=parsed.metadata,
+                )
+            if self.finish(entry, outcome):
                 self._learn(entry)
         elif parsed.state is TaskState.SUCCEEDED:
             # The result route itself says "done" but brings no result: polling it again at
@@ -508,7 +530,12 @@ def _task_error(
     cls: type[TaskFailedError | TaskCancelledError], entry: TaskEntry, status: TaskStatus
 ) -> NanoBananaError:
     message = status.error_message or ("cancelled" if cls is TaskCancelledError else "task failed")
-    return cls(message, request_id=entry.request_id, error_type=status.error_type)
+    return cls(
+        message,
+        request_id=entry.request_id,
+        error_type=status.error_type,
+        provider_error=status.provider_error,
+    )
 
 
 async def acquire(limiter: anyio.CapacityLimiter, token: object) -> None:

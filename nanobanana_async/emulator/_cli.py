@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_assignment,
         action="append",
         default=[],
-        help=f"KIND=PROBABILITY, KIND in {', '.join(_TASK_FAULTS)}",
+        help=f"KIND=PROBABILITY, KIND in {', '.join(_TASK_FAULTS)} (no_image: success with a "
+        "text refusal and no image; a prompt with [no-image] always does that)",
     )
     p.add_argument("--variant", action="append", default=[], choices=_VARIANTS)
     fal = p.add_argument_group("fal-compatible front (opt-in, TLS)")

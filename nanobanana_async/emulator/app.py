@@ -2,7 +2,8 @@
 
 Result route of a task that stopped without success (a task fault or a cancellation): HTTP 400 with
 `{"request_id", "status": "COMPLETED", "error", "error_type"}`; API.md leaves this undocumented and
-tells clients to treat any body carrying `error`/`error_type` as the failure.
+tells clients to treat any body carrying `error`/`error_type` as the failure. The
+`failure_with_outputs` variant answers 200 instead and adds `"outputs": []`.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class Service:
         return self._finish(self._reply(code, body, rid), fault)
 
     async def result(self, request: web.Request) -> web.StreamResponse:
-        """GET .../requests/{id}/response: 202 while pending, 200 outputs, 400 failure."""
+        """GET .../requests/{id}/response: 202 while pending, 200 outputs, 400 (or 200) failure."""
         early, fault, rid = await self._enter(request, "result")
         if early is not None:
             return early
@@ -238,8 +239,9 @@ class Service:
             code = 200 if v.no_202_result else 202
             return self._finish(self._reply(code, body, rid), fault)
         if task.error_type is not None:
-            return self._finish(self._reply(400, wire.failure_body(task, v), rid), fault)
-        size = len(await self._png(task)) if "Image" in task.modalities else None
+            code = 200 if v.failure_with_outputs else 400
+            return self._finish(self._reply(code, wire.failure_body(task, v), rid), fault)
+        size = len(await self._png(task)) if task.has_image else None
         body = wire.success_body(task, self.cdn_url, size)
         return self._finish(self._reply(200, body, rid), fault)
 
@@ -276,7 +278,7 @@ class Service:
 
     def _on_complete(self, task: Task) -> None:
         # Encode at completion, in a thread, so the result route answers without waiting.
-        if task.error_type is None and "Image" in task.modalities:
+        if task.has_image:
             self.images.prepare(self._key(task))
 
     async def _png(self, task: Task) -> bytes:
@@ -290,13 +292,7 @@ class Service:
             body = {"detail": "Authorization header not allowed"}
             return web.Response(status=400, body=_dump(body), content_type=_JSON)
         task = self.engine.get(request.match_info["rid"])
-        ok = (
-            task is not None
-            and task.done
-            and task.error_type is None
-            and "Image" in task.modalities
-            and request.match_info["name"] == "0.png"
-        )
+        ok = task is not None and task.has_image and request.match_info["name"] == "0.png"
         if task is None or not ok:
             return web.Response(
                 status=404, body=_dump(wire.detail("Not found")), content_type=_JSON

@@ -133,12 +133,18 @@ class Faults:
 
 @attrs.frozen(kw_only=True)
 class TaskFaults:
-    """Probabilities that an accepted task ends COMPLETED with this error_type."""
+    """Probabilities that an accepted task ends COMPLETED with this error_type.
+
+    `no_image` is not a failure: the task succeeds but its result carries no image, only a text
+    refusal (when Text was asked for) and `metadata.finish_reason` `SAFETY`, as a prompt containing
+    `[no-image]` always does.
+    """
 
     inference_failure: float = attrs.field(default=0.0, validator=_probability)
     inference_timeout: float = attrs.field(default=0.0, validator=_probability)
     content_blocked: float = attrs.field(default=0.0, validator=_probability)
     request_invalid: float = attrs.field(default=0.0, validator=_probability)
+    no_image: float = attrs.field(default=0.0, validator=_probability)
 
     def kinds(self) -> tuple[tuple[str, float], ...]:
         """The (error_type, probability) pairs in the fixed order used to map one draw."""
@@ -152,7 +158,13 @@ class TaskFaults:
 
 @attrs.frozen(kw_only=True)
 class Variants:
-    """Wire variants "seen in the wild" that a tolerant client must accept; all off by default."""
+    """Wire variants "seen in the wild" that a tolerant client must accept; all off by default.
+
+    `failure_with_outputs`: the result route of a task that failed (or was cancelled) answers
+    HTTP 200, not 400, with `"outputs": []` next to `error` and `error_type`; under `error_object`
+    the error's `code` is then the provider's (`InvalidParameter` for `REQUEST_INVALID`), not the
+    `error_type`.
+    """
 
     lowercase_status: bool = False
     queued_synonym: bool = False
@@ -163,6 +175,7 @@ class Variants:
     minimal_create: bool = False
     foreign_urls: bool = False
     no_202_result: bool = False
+    failure_with_outputs: bool = False
 
 
 _DEFAULT_SERVICE_TIME = ServiceTime.fixed(2.0)

@@ -1,6 +1,9 @@
 """The queue: FIFO admission, a fixed number of worker slots, task faults, cancellation, retention.
 
 Each running task is one loop timer (no coroutine per task), so ten thousand live tasks cost little.
+
+Prompt markers: `[blocked]` always ends CONTENT_BLOCKED; `[no-image]` always succeeds without an
+image (a text refusal, `finish_reason` SAFETY). `[blocked]` wins when both are present.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from collections.abc import Callable
 from .config import SIZE_FACTORS, EmulatorConfig
 from .stats import EmulatorStats, TaskRecord
 
-__all__ = ["CANCEL_MESSAGE", "Engine", "Task"]
+__all__ = ["BLOCKED_MARKER", "CANCEL_MESSAGE", "NO_IMAGE_MARKER", "Engine", "Task", "make_id"]
+
+BLOCKED_MARKER = "[blocked]"
+NO_IMAGE_MARKER = "[no-image]"
 
 CANCEL_MESSAGE = "Request was cancelled"
 _ERROR_MESSAGES = {
@@ -38,6 +44,7 @@ class Task(TaskRecord):
         "handle",
         "image_size",
         "modalities",
+        "no_image",
         "planned_error",
         "prompt",
         "seq",
@@ -53,6 +60,7 @@ class Task(TaskRecord):
         self.modalities: tuple[str, ...] = ("Text", "Image")
         self.service_time = 0.0
         self.planned_error: str | None = None
+        self.no_image = False  # succeeds without an image (a refusal), see NO_IMAGE_MARKER
         self.seq = 0
         self.handle: asyncio.TimerHandle | None = None
         self.started_wall = 0.0
@@ -62,6 +70,16 @@ class Task(TaskRecord):
     def done(self) -> bool:
         """True once the task is COMPLETED (successfully or not)."""
         return self.state == "COMPLETED"
+
+    @property
+    def has_image(self) -> bool:
+        """True once the task succeeded with an image output (one PNG on the CDN)."""
+        return (
+            self.done
+            and self.error_type is None
+            and not self.no_image
+            and "Image" in self.modalities
+        )
 
 
 def make_id(seed: int, n: int, nonce: str = "") -> str:
@@ -174,7 +192,7 @@ class Engine:
         task.modalities = modalities
         base = cfg.service_time.sample(self._service_rng)
         task.service_time = base * SIZE_FACTORS.get(image_size or "1K", 1.0) * cfg.time_scale
-        task.planned_error = self._draw_task_fault(prompt)
+        task.planned_error, task.no_image = self._draw_task_fault(prompt)
         task.seq = self._popped + len(self._queue)
         self._tasks[task.request_id] = task
         self.stats.tasks[task.request_id] = task
@@ -208,15 +226,20 @@ class Engine:
                 task.handle.cancel()
         self._running.clear()
 
-    def _draw_task_fault(self, prompt: str) -> str | None:
+    def _draw_task_fault(self, prompt: str) -> tuple[str | None, bool]:
+        """(planned error_type or None, no_image) for a new task: markers first, then one draw."""
         u = self._task_fault_rng.random()  # always drawn, so the stream does not depend on prompts
-        if "[blocked]" in prompt:
-            return "CONTENT_BLOCKED"
-        for error_type, p in self.config.task_faults.kinds():
+        if BLOCKED_MARKER in prompt:
+            return "CONTENT_BLOCKED", False
+        if NO_IMAGE_MARKER in prompt:
+            return None, True
+        task_faults = self.config.task_faults
+        for error_type, p in task_faults.kinds():
             if u < p:
-                return error_type
+                return error_type, False
             u -= p
-        return None
+        # Last in the same draw: switching no_image on leaves the error draws where they were.
+        return None, u < task_faults.no_image
 
     def _dispatch(self) -> None:
         # Instant tasks finish inside _start; the flag keeps that from recursing per task.

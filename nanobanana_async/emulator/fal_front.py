@@ -154,7 +154,7 @@ class FalFront:
             body = {"detail": task.error, "error_type": task.error_type}
             return svc._finish(svc._reply(400, body, rid), fault)
         images: list[dict[str, Any]] = []
-        if "Image" in task.modalities:
+        if task.has_image:
             width, height = dimensions(task.image_size, task.aspect_ratio)
             images.append(
                 {
@@ -167,6 +167,8 @@ class FalFront:
                 }
             )
         description = f"Here is your image for: {task.prompt[:80]}"
+        if task.no_image:
+            description = wire.REFUSAL_TEXT
         body = {"images": images, "description": description if "Text" in task.modalities else ""}
         return svc._finish(svc._reply(200, body, rid), fault)
 

@@ -14,6 +14,8 @@ from .images import dimensions
 
 __all__ = [
     "FOREIGN_ORIGIN",
+    "PROVIDER_CODES",
+    "REFUSAL_TEXT",
     "create_body",
     "detail",
     "failure_body",
@@ -26,6 +28,15 @@ __all__ = [
 
 FOREIGN_ORIGIN = "http://evil.invalid/model"
 _NOT_FOUND = {"detail": "Request not found"}
+# The provider's own error codes, sent in `error.code` by the `failure_with_outputs` variant.
+PROVIDER_CODES = {
+    "REQUEST_INVALID": "InvalidParameter",
+    "CONTENT_BLOCKED": "ContentBlocked",
+    "INFERENCE_FAILURE": "InferenceFailed",
+    "INFERENCE_TIMEOUT": "InferenceTimeout",
+    "CANCELED": "Canceled",
+}
+REFUSAL_TEXT = "I can't generate that image. Try rephrasing the prompt."
 
 
 def status_name(state: str, v: Variants) -> str:
@@ -99,17 +110,35 @@ def status_body(task: Task, engine: Engine, v: Variants, base_url: str) -> dict[
 
 
 def failure_body(task: Task, v: Variants) -> dict[str, Any]:
-    """The result-route body of a task that failed or was cancelled (sent with HTTP 400)."""
-    return {
+    """The result-route body of a task that failed or was cancelled.
+
+    Sent with HTTP 400; under `failure_with_outputs` with HTTP 200 and an empty `outputs` list,
+    the error object (if `error_object`) carrying the provider's code.
+    """
+    error = _error_value(task, v)
+    if v.failure_with_outputs and isinstance(error, dict):
+        error["code"] = PROVIDER_CODES.get(task.error_type or "", task.error_type)
+    body: dict[str, Any] = {
         "request_id": task.request_id,
         "status": status_name("COMPLETED", v),
-        "error": _error_value(task, v),
+        "error": error,
         "error_type": task.error_type,
     }
+    if v.failure_with_outputs:
+        body["outputs"] = []
+    return body
 
 
 def success_body(task: Task, cdn_url: str, file_size: int | None) -> dict[str, Any]:
-    """The result-route body of a successful task; `file_size` is None when no image was asked."""
+    """The result-route body of a successful task; `file_size` is None when there is no image.
+
+    A task that finished without an image (`task.no_image`) carries only a text refusal (when
+    Text was asked for; else no output at all) and `metadata.finish_reason` `SAFETY`.
+    """
+    if task.no_image:
+        refusal = [{"type": "text", "text": REFUSAL_TEXT}] if "Text" in task.modalities else []
+        metadata = {"prompt": task.prompt, "finish_reason": "SAFETY"}
+        return {"request_id": task.request_id, "outputs": refusal, "metadata": metadata}
     outputs: list[dict[str, Any]] = []
     if file_size is not None:
         width, height = dimensions(task.image_size, task.aspect_ratio)

@@ -59,6 +59,24 @@ def test_build_config_from_arguments() -> None:
     assert cfg.variants == Variants(lowercase_status=True, id_field=True)
 
 
+def test_build_config_outcome_knobs() -> None:
+    default = build_config(_parser().parse_args([]))
+    assert default.deterministic_ids is False
+    args = _parser().parse_args(
+        [
+            "--deterministic-ids",
+            "--task-fault",
+            "no_image=0.25",
+            "--variant",
+            "failure_with_outputs",
+        ]
+    )
+    cfg = build_config(args)
+    assert cfg.deterministic_ids
+    assert cfg.task_faults == TaskFaults(no_image=0.25)
+    assert cfg.variants == Variants(failure_with_outputs=True)
+
+
 @pytest.mark.parametrize("text", ["fixed", "uniform:3", "lognormal:0,1", "gamma:1", "fixed:x"])
 def test_bad_service_time(text: str) -> None:
     with pytest.raises(ValueError, match="service time"):

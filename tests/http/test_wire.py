@@ -331,4 +331,102 @@ def test_arbitrary_json_only_parses_or_raises_protocol_error(value: Any, code: i
 def test_well_formed_statuses_always_parse(body: dict[str, Any]) -> None:
     status = parse_status(body)
     assert status.queue_position == body.get("queue_position")
-    assert status.done == (body["status"].upper() == "COMPLETED")
+    # API.md: a body with error/error_type is the failure, whatever its status says
+    assert status.done == (body["status"].upper() == "COMPLETED" or "error_type" in body)
+    if "error_type" in body:
+        assert status.state in (TaskState.FAILED, TaskState.CANCELLED)
+
+
+error_values = (
+    st.text(min_size=1, max_size=20)
+    | st.fixed_dictionaries(
+        {"code": st.text(min_size=1, max_size=10)}, optional={"message": st.text(max_size=20)}
+    )
+    | st.fixed_dictionaries({"message": st.text(min_size=1, max_size=20)})
+)
+output_values = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["image", "text"])},
+        optional={"url": st.just("https://cdn.example/a.png"), "text": st.text(max_size=10)},
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "request_id": st.text(min_size=1, max_size=10),
+            "status": st.sampled_from(["COMPLETED", "completed", "IN_PROGRESS", "OK", "weird"]),
+            "outputs": output_values,
+            "metadata": st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+            "error_type": st.text(min_size=1, max_size=20),
+        },
+    ).flatmap(
+        lambda body: st.one_of(
+            st.just(body) if "error_type" in body else st.nothing(),
+            error_values.map(lambda e: {**body, "error": e}),
+        )
+    ),
+    st.sampled_from([200, 201, 202, 400, 409, 422, 500]),
+)
+def test_a_body_with_an_error_never_parses_as_a_result(body: dict[str, Any], code: int) -> None:
+    try:
+        parsed = parse_response(code, body)
+    except ProtocolError:
+        return  # unreadable is not a success either
+    assert not isinstance(parsed, GenerationResult)
+    assert parsed.state in (TaskState.FAILED, TaskState.CANCELLED)
+    status = parse_status(body)
+    assert status.state in (TaskState.FAILED, TaskState.CANCELLED)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # the shapes from the issue and API.md: object error, string error, outputs beside it
+        {
+            "request_id": "r",
+            "status": "COMPLETED",
+            "error": {"code": "InvalidParameter", "message": "bad"},
+            "error_type": "REQUEST_INVALID",
+            "outputs": [],
+        },
+        {
+            "request_id": "r",
+            "status": "COMPLETED",
+            "error": "bad",
+            "outputs": [{"type": "image", "url": "https://c/x.png"}],
+        },
+        {
+            "request_id": "r",
+            "error": {"code": "CONTENT_BLOCKED", "message": "no"},
+            "provider_error": {"message": "safety"},
+        },
+        {"request_id": "r", "status": "COMPLETED", "error_type": "INFERENCE_TIMEOUT"},
+    ],
+)
+@pytest.mark.parametrize("code", [200, 400, 422])
+def test_failure_bodies_of_every_documented_shape_are_failures(
+    body: dict[str, Any], code: int
+) -> None:
+    parsed = parse_response(code, body)
+    assert isinstance(parsed, TaskStatus) and parsed.state is TaskState.FAILED
+    assert parsed.error_type or parsed.error_message
+    if "provider_error" in body:
+        assert parsed.provider_error == body["provider_error"]
+
+
+def test_a_null_or_empty_error_is_not_a_failure() -> None:
+    ok = parse_response(
+        200,
+        {
+            "request_id": "r",
+            "outputs": [{"type": "image", "url": "https://c/x.png"}],
+            "error": None,
+            "error_type": "",
+        },
+    )
+    assert isinstance(ok, GenerationResult) and len(ok.images) == 1
