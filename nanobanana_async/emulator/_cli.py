@@ -61,7 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate-limit", type=float, default=None, help="requests/s per key")
     p.add_argument("--rate-burst", type=int, default=10)
-    p.add_argument("--credits", type=int, default=None)
+    p.add_argument(
+        "--credits",
+        type=int,
+        default=None,
+        help="creates payable before creates answer 402 (top up: POST /_emulator/credits)",
+    )
+    p.add_argument(
+        "--revoke-after-creates",
+        type=int,
+        default=None,
+        metavar="N",
+        help="revoke the key (401 everywhere) once N creates were accepted "
+        "(restore: POST /_emulator/key)",
+    )
     p.add_argument("--retention", type=float, default=3600.0)
     p.add_argument(
         "--fault",
@@ -147,6 +160,7 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         credits=args.credits,
+        revoke_after_creates=args.revoke_after_creates,
         deterministic_ids=args.deterministic_ids,
         retention=args.retention,
         faults=Faults(**faults),  # type: ignore[arg-type]

@@ -4,6 +4,10 @@ Result route of a task that stopped without success (a task fault or a cancellat
 `{"request_id", "status": "COMPLETED", "error", "error_type"}`; API.md leaves this undocumented and
 tells clients to treat any body carrying `error`/`error_type` as the failure. The
 `failure_with_outputs` variant answers 200 instead and adds `"outputs": []`.
+
+A revoked key (`Service.revoke_key`, or `revoke_after_creates`) gets the gateway's 401 on every API
+route; `/_emulator/*` and the CDN are not behind the key. Control routes for a standalone emulator:
+`POST /_emulator/credits {"add": N}` and `POST /_emulator/key {"revoked": true|false}`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ _ERROR_TEXT = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+_REVOKED_MESSAGE = "API key has been revoked"
 _CREDITS_BODY = {
     "status": {"code": 402, "message": "Insufficient credits", "error_code": 40201},
     "data": None,
@@ -60,12 +65,29 @@ class Service:
         self._faults = FaultPicker(config.seed)
         self._reply_counter = 0
         self._auth_ok = self._auth_values(config.api_key)
+        self.key_revoked = False
+        # Creates still to accept before `revoke_after_creates` revokes the key (None: not armed).
+        self._revoke_countdown = config.revoke_after_creates
 
     def reconfigure(self, config: EmulatorConfig) -> None:
         """Adopt a new configuration for every later request."""
+        if config.revoke_after_creates != self.config.revoke_after_creates:
+            self._revoke_countdown = config.revoke_after_creates
         self.config = config
         self._auth_ok = self._auth_values(config.api_key)
         self.engine.reconfigure(config)
+
+    def arm_revocation(self) -> None:
+        """Start counting `revoke_after_creates` afresh (it fires once per arming)."""
+        self._revoke_countdown = self.config.revoke_after_creates
+
+    def revoke_key(self) -> None:
+        """From now on every API route answers 401 to the (otherwise valid) key."""
+        self.key_revoked = True
+
+    def restore_key(self) -> None:
+        """Accept the key again (`revoke_after_creates` fires once, it does not re-revoke)."""
+        self.key_revoked = False
 
     @staticmethod
     def _auth_values(key: str) -> frozenset[str]:
@@ -83,6 +105,8 @@ class Service:
         app.router.add_get(q + "/requests/{rid}/response", self.result)
         app.router.add_put(q + "/requests/{rid}/cancel", self.cancel)
         app.router.add_get("/_emulator/stats", self.stats_route)
+        app.router.add_post("/_emulator/credits", self.credits_route)
+        app.router.add_post("/_emulator/key", self.key_route)
         return app
 
     def cdn_app(self) -> web.Application:
@@ -111,6 +135,9 @@ class Service:
         if auth not in self._auth_ok:
             msg = "Missing Authorization header" if auth is None else "Invalid API key"
             return self._reply(401, wire.gateway_error("UNAUTHORIZED", msg, rid), rid), None, rid
+        if self.key_revoked:
+            body = wire.gateway_error("UNAUTHORIZED", _REVOKED_MESSAGE, rid)
+            return self._reply(401, body, rid), None, rid
         if cfg.rate_limit is not None:
             wait = self._buckets.take(cfg.api_key, cfg.rate_limit, cfg.rate_burst)
             if wait > 0:
@@ -141,6 +168,11 @@ class Service:
         )
         self.stats.creates += 1
         self.stats.creates_by_body[hashlib.sha256(params.canonical.encode()).hexdigest()] += 1
+        if self._revoke_countdown is not None:
+            self._revoke_countdown -= 1
+            if self._revoke_countdown <= 0:
+                self._revoke_countdown = None
+                self.revoke_key()  # this create still succeeds; the next request does not
         return task
 
     def _too_many(self, rid: str, wait: float) -> web.Response:
@@ -268,7 +300,30 @@ class Service:
         body["queued"] = self.engine.queued
         body["running"] = self.engine.running
         body["credits_left"] = self.engine.credits_left
+        body["key_revoked"] = self.key_revoked
         return web.Response(body=_dump(body), content_type=_JSON)
+
+    async def credits_route(self, request: web.Request) -> web.StreamResponse:
+        """POST /_emulator/credits `{"add": N}`: top up; answers `{"credits_left": ...}`."""
+        n = (await _control_body(request)).get("add")
+        if not isinstance(n, int) or isinstance(n, bool):
+            return _control_error('expected {"add": N} with an integer N')
+        try:
+            left = self.engine.add_credits(n)
+        except ValueError as exc:
+            return _control_error(str(exc))
+        return web.Response(body=_dump({"credits_left": left}), content_type=_JSON)
+
+    async def key_route(self, request: web.Request) -> web.StreamResponse:
+        """POST /_emulator/key `{"revoked": true|false}`: revoke or restore the key."""
+        revoked = (await _control_body(request)).get("revoked")
+        if not isinstance(revoked, bool):
+            return _control_error('expected {"revoked": true} or {"revoked": false}')
+        if revoked:
+            self.revoke_key()
+        else:
+            self.restore_key()
+        return web.Response(body=_dump({"key_revoked": self.key_revoked}), content_type=_JSON)
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -306,6 +361,18 @@ class Service:
             await resp.write(view[start : start + _CHUNK])
         await resp.write_eof()
         return resp
+
+
+async def _control_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _control_error(message: str) -> web.Response:
+    return web.Response(status=400, body=_dump(wire.detail(message)), content_type=_JSON)
 
 
 def _retry_headers(wait: float) -> dict[str, str]:

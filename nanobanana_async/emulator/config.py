@@ -185,8 +185,10 @@ _DEFAULT_SERVICE_TIME = ServiceTime.fixed(2.0)
 class EmulatorConfig:
     """Everything the emulator does; immutable, replace it with `Emulator.reconfigure`.
 
-    Request ids are unique across restarts; `deterministic_ids=True` makes them a function of
-    `seed` alone.
+    `credits`: creates payable before every create answers 402 (None: unlimited); top up with
+    `Emulator.add_credits`. `revoke_after_creates`: the key is revoked (401 on every route) once
+    this many more creates were accepted; `Emulator.restore_key` undoes it. Request ids are unique
+    across restarts; `deterministic_ids=True` makes them a function of `seed` alone.
     """
 
     api_key: str = "emulator-key"
@@ -202,6 +204,9 @@ class EmulatorConfig:
     rate_limit: float | None = None
     rate_burst: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     credits: int | None = None
+    revoke_after_creates: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
     deterministic_ids: bool = False
     faults: Faults = Faults()
     task_faults: TaskFaults = TaskFaults()

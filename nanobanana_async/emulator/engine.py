@@ -129,6 +129,15 @@ class Engine:
         self.config = config
         self._dispatch()
 
+    def add_credits(self, n: int) -> int:
+        """Top the balance up by `n` creates; returns the new balance."""
+        if self.credits_left is None:
+            raise ValueError("credits are unlimited (EmulatorConfig.credits is None)")
+        if n < 0:
+            raise ValueError(f"cannot add a negative number of credits ({n})")
+        self.credits_left += n
+        return self.credits_left
+
     # -- lookups -------------------------------------------------------------------------------
 
     def get(self, request_id: str) -> Task | None:

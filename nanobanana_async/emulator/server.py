@@ -41,6 +41,23 @@ class Emulator:
         """Creates still payable, or None when credits are unlimited."""
         return self._service.engine.credits_left
 
+    def add_credits(self, n: int) -> int:
+        """Top the balance up by `n` creates and return it (ValueError if credits are unlimited)."""
+        return self._service.engine.add_credits(n)
+
+    @property
+    def key_revoked(self) -> bool:
+        """True while every API route answers 401 to the key (see `revoke_key`)."""
+        return self._service.key_revoked
+
+    def revoke_key(self) -> None:
+        """Revoke the key now: every API route answers the gateway's 401 until `restore_key`."""
+        self._service.revoke_key()
+
+    def restore_key(self) -> None:
+        """Accept the key again after `revoke_key` or `revoke_after_creates`."""
+        self._service.restore_key()
+
     def reconfigure(self, **changes: Any) -> EmulatorConfig:
         """Replace configuration fields (faults, variants, rate_limit, ...) for later requests."""
         fixed = {"host", "port", "cdn_port", "seed", "deterministic_ids"} & changes.keys()
@@ -48,6 +65,8 @@ class Emulator:
             raise ValueError(f"cannot change {sorted(fixed)} on a running emulator")
         self._config = attrs.evolve(self._config, **changes)
         self._service.reconfigure(self._config)
+        if "revoke_after_creates" in changes:
+            self._service.arm_revocation()  # even when the value is unchanged
         return self._config
 
     async def start(self) -> None:

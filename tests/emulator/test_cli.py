@@ -61,9 +61,13 @@ def test_build_config_from_arguments() -> None:
 
 def test_build_config_outcome_knobs() -> None:
     default = build_config(_parser().parse_args([]))
-    assert default.deterministic_ids is False
+    assert default.revoke_after_creates is None and default.deterministic_ids is False
     args = _parser().parse_args(
         [
+            "--credits",
+            "5",
+            "--revoke-after-creates",
+            "3",
             "--deterministic-ids",
             "--task-fault",
             "no_image=0.25",
@@ -72,9 +76,18 @@ def test_build_config_outcome_knobs() -> None:
         ]
     )
     cfg = build_config(args)
-    assert cfg.deterministic_ids
+    assert cfg.credits == 5 and cfg.revoke_after_creates == 3 and cfg.deterministic_ids
     assert cfg.task_faults == TaskFaults(no_image=0.25)
     assert cfg.variants == Variants(failure_with_outputs=True)
+
+
+def test_revoke_after_zero_creates_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from nanobanana_async.emulator._cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--revoke-after-creates", "0"])
+    assert exc.value.code == 2
+    assert "revoke_after_creates" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["fixed", "uniform:3", "lognormal:0,1", "gamma:1", "fixed:x"])

@@ -1,5 +1,5 @@
 """Outcomes a truthful client must report: failures that carry outputs, success without an image,
-and the wire shapes they arrive in."""
+credits that run out and come back, a key revoked mid-run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nanobanana_async.emulator import ServiceTime, TaskFaults, Variants
+from nanobanana_async.emulator import Emulator, ServiceTime, TaskFaults, Variants
 
 from .conftest import Api, ApiFactory, Factory, Reply
 
@@ -15,6 +15,10 @@ pytestmark = pytest.mark.anyio
 
 REFUSAL = "I can't generate that image. Try rephrasing the prompt."
 SLOW = {"service_time": ServiceTime.fixed(10), "time_scale": 1.0, "workers": 1}
+
+
+def _root(emu: Emulator) -> str:
+    return emu.base_url.removesuffix("/model")
 
 
 async def _failed(api: Api, prompt: str = "a banana") -> tuple[str, Reply]:
@@ -180,3 +184,136 @@ async def test_no_image_rate_leaves_the_error_draws_alone(
     flagged = [n for e, n in mixed if e is None]
     assert any(flagged) and not all(flagged)
     assert not any(n for e, n in mixed if e is not None)
+
+
+# -- credits that run out -----------------------------------------------------------------------------
+
+CREDITS_BODY = {
+    "status": {"code": 402, "message": "Insufficient credits", "error_code": 40201},
+    "data": None,
+}
+
+
+async def test_credits_run_out_then_top_up_and_rerun(
+    nanobanana_emulator_factory: Factory, api_factory: ApiFactory
+) -> None:
+    async with nanobanana_emulator_factory(credits=3) as emu:
+        api = api_factory(emu)
+        replies = [await api.create({"prompt": f"p{i}"}) for i in range(5)]
+        assert [r.status for r in replies] == [200, 200, 200, 402, 402]
+        for reply in replies[3:]:
+            assert reply.json == CREDITS_BODY
+        assert emu.credits_left == 0 and emu.stats.credits_rejected == 2
+        # Only creates are charged: the accepted tasks still answer every other route.
+        rid = replies[0].json["request_id"]
+        await api.wait_done(rid)
+        assert (await api.result(rid)).status == 200
+        assert (await api.cancel(rid)).status == 400  # ALREADY_COMPLETED, not 402
+        assert emu.add_credits(2) == 2
+        again = [await api.create({"prompt": f"p{i}"}) for i in (3, 4)]
+        assert [r.status for r in again] == [200, 200]
+        assert (await api.create({"prompt": "p5"})).json == CREDITS_BODY
+        assert emu.stats.creates == 5 and emu.credits_left == 0
+        stats = (await api.call("GET", f"{_root(emu)}/_emulator/stats", headers={})).json
+        assert stats["credits_left"] == 0 and stats["credits_rejected"] == 3
+
+
+async def test_add_credits_needs_a_limited_balance(nanobanana_emulator: Emulator) -> None:
+    with pytest.raises(ValueError, match="unlimited"):
+        nanobanana_emulator.add_credits(1)
+
+
+@pytest.mark.nanobanana_emulator(credits=0)
+async def test_credits_control_route(nanobanana_emulator: Emulator, api: Api) -> None:
+    url = f"{_root(nanobanana_emulator)}/_emulator/credits"
+    assert (await api.create()).json == CREDITS_BODY
+    reply = await api.call("POST", url, headers={}, json={"add": 1})
+    assert (reply.status, reply.json) == (200, {"credits_left": 1})
+    assert (await api.create()).status == 200
+    for bad in ({"add": "1"}, {"add": -1}, {}, [1]):
+        assert (await api.call("POST", url, headers={}, json=bad)).status == 400
+    assert nanobanana_emulator.credits_left == 0
+
+
+# -- a key revoked mid-run ----------------------------------------------------------------------------
+
+
+async def _all_routes(api: Api, rid: str) -> list[Reply]:
+    return [
+        await api.create(),
+        await api.status(rid),
+        await api.result(rid),
+        await api.cancel(rid),
+    ]
+
+
+def _assert_revoked(reply: Reply) -> None:
+    assert reply.status == 401
+    assert reply.json == {
+        "error": {"code": "UNAUTHORIZED", "message": "API key has been revoked"},
+        "request_id": reply.headers["X-Request-Id"],
+    }
+
+
+async def test_revoke_key_on_every_route_then_restore(
+    nanobanana_emulator: Emulator, api: Api
+) -> None:
+    emu = nanobanana_emulator
+    rid = await api.create_id()
+    await api.wait_done(rid)
+    emu.revoke_key()
+    assert emu.key_revoked
+    for reply in await _all_routes(api, rid):
+        _assert_revoked(reply)
+    # The Key scheme is revoked too; a wrong key still says so.
+    _assert_revoked(await api.status(rid, headers={"Authorization": f"Key {emu.api_key}"}))
+    wrong = await api.status(rid, headers={"Authorization": "Bearer nope"})
+    assert wrong.json["error"]["message"] == "Invalid API key"
+    # Output URLs are not behind the key.
+    cdn = await api.call("GET", f"{emu.cdn_url}/files/{rid}/0.png", headers={})
+    assert cdn.status == 200
+    assert emu.stats.creates == 1
+    emu.restore_key()
+    assert not emu.key_revoked
+    assert [r.status for r in await _all_routes(api, rid)] == [200, 200, 200, 400]
+
+
+async def test_revoke_after_creates(
+    nanobanana_emulator_factory: Factory, api_factory: ApiFactory
+) -> None:
+    async with nanobanana_emulator_factory(revoke_after_creates=2) as emu:
+        api = api_factory(emu)
+        first = await api.create_id()
+        assert not emu.key_revoked
+        assert (await api.status(first)).status == 200
+        await api.create_id()  # the second create is accepted and answered
+        assert emu.key_revoked
+        for reply in await _all_routes(api, first):
+            _assert_revoked(reply)
+        assert emu.stats.creates == 2
+        emu.restore_key()
+        # The threshold fires once: restoring is final until it is configured again.
+        for _ in range(3):
+            await api.create_id()
+        assert not emu.key_revoked
+        # Configuring it again (even to the same value) arms it again.
+        emu.reconfigure(revoke_after_creates=2)
+        await api.create_id()
+        assert not emu.key_revoked
+        await api.create_id()
+        _assert_revoked(await api.status(first))
+    with pytest.raises(ValueError, match="revoke_after_creates"):
+        nanobanana_emulator_factory(revoke_after_creates=0)
+
+
+async def test_key_control_route(nanobanana_emulator: Emulator, api: Api) -> None:
+    url = f"{_root(nanobanana_emulator)}/_emulator/key"
+    reply = await api.call("POST", url, headers={}, json={"revoked": True})
+    assert (reply.status, reply.json) == (200, {"key_revoked": True})
+    _assert_revoked(await api.create())
+    stats = (await api.call("GET", f"{_root(nanobanana_emulator)}/_emulator/stats")).json
+    assert stats["key_revoked"] is True
+    reply = await api.call("POST", url, headers={}, json={"revoked": False})
+    assert (reply.status, reply.json) == (200, {"key_revoked": False})
+    assert (await api.create()).status == 200
+    assert (await api.call("POST", url, headers={}, json={"revoked": 1})).status == 400

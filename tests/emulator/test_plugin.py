@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nanobanana_async.emulator import Emulator
+from nanobanana_async.emulator import Emulator, TaskFaults, Variants
 
 from .conftest import Api, Factory
 
@@ -38,3 +38,17 @@ async def test_factory_builds_independent_emulators(nanobanana_emulator_factory:
         assert one.cdn_url != two.cdn_url
         assert (one.config.seed, two.config.seed) == (1, 2)
         assert one.config.time_scale == 0.01
+
+
+@pytest.mark.nanobanana_emulator(
+    credits=2,
+    revoke_after_creates=5,
+    deterministic_ids=True,
+    task_faults=TaskFaults(no_image=0.5),
+    variants=Variants(failure_with_outputs=True),
+)
+async def test_marker_takes_the_outcome_knobs(nanobanana_emulator: Emulator) -> None:
+    cfg = nanobanana_emulator.config
+    assert nanobanana_emulator.credits_left == 2 and cfg.revoke_after_creates == 5
+    assert cfg.deterministic_ids and cfg.task_faults.no_image == 0.5
+    assert cfg.variants.failure_with_outputs and not nanobanana_emulator.key_revoked
