@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import aiohttp
 import anyio
@@ -145,15 +145,46 @@ class Runtime:
 
     # -- verbs ------------------------------------------------------------------------------
 
+    @overload
     async def create(
-        self, request: GenerationRequest, *, retry: RetryPolicy | None = None, token: object = None
-    ) -> Ticket:
-        """POST one task under the create limiter; never re-sent ambiguously."""
+        self,
+        request: GenerationRequest,
+        *,
+        retry: RetryPolicy | None = ...,
+        token: object = ...,
+        proceed: None = ...,
+    ) -> Ticket: ...
+
+    @overload
+    async def create(
+        self,
+        request: GenerationRequest,
+        *,
+        retry: RetryPolicy | None = ...,
+        token: object = ...,
+        proceed: Callable[[], bool],
+    ) -> Ticket | None: ...
+
+    async def create(
+        self,
+        request: GenerationRequest,
+        *,
+        retry: RetryPolicy | None = None,
+        token: object = None,
+        proceed: Callable[[], bool] | None = None,
+    ) -> Ticket | None:
+        """POST one task under the create limiter; never re-sent ambiguously.
+
+        ``proceed`` is asked once a create slot is held, just before sending: False sends
+        nothing and returns None (a batch that stopped while this create waited for a slot).
+        """
         self.scheduler  # noqa: B018 - raises when closed, before anything is sent
         body = encode_request(request)
         owner = token if token is not None else object()
         await acquire(self._create_limiter, owner)
         try:
+            if proceed is not None and not proceed():
+                return None
             transport = self.transport
             resp = await transport.request(
                 "POST", transport.create_url, kind="create", json_body=body, retry=retry

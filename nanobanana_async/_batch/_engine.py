@@ -32,11 +32,16 @@ from .._http._wire import encode_request
 from .._polling._entry import TaskEntry
 from .._polling._scheduler import acquire
 from ..errors import (
+    AuthenticationError,
+    BatchAbortedError,
     ClientStateError,
+    InsufficientCreditsError,
     JournalError,
     JournalMismatchError,
     JournalStateError,
     NanoBananaError,
+    PermissionDeniedError,
+    RateLimitError,
     ValidationError,
 )
 from ..models import GenerationRequest, GenerationResult, TaskState, TaskStatus
@@ -129,6 +134,8 @@ class _Engine:
         self._source = source
         self._cancel_on_abandon = cancel
         self._on_event = options.on_event
+        self._max_creates = options.max_creates
+        self._creates = 0  # creates sent (or reserved) by this batch, earlier runs included
         self._slots = anyio.CapacityLimiter(options.max_in_flight)
         rate = options.submit_rate
         self._pacer = AdaptiveRateLimiter(max_rate=rate) if rate else None
@@ -212,6 +219,7 @@ class _Engine:
                     except (JournalError, OSError, ValueError, RuntimeError) as exc:
                         self._fail(_as_journal_error(exc, "open the journal"))
                         return
+                    self._creates = self._resume.prior_creates
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     with self._feed_scope:
@@ -297,20 +305,24 @@ class _Engine:
         if plan.ticket is not None:
             ticket = plan.ticket  # submitted by an earlier run: re-attach, never create again
         else:
-            if self._pacer is not None and self._fatal is None:
+            if self._pacer is not None and self._may_create():
                 await self._pacer.acquire()
-            if self._fatal is not None:  # the batch stopped: create nothing more
-                self._skip(item)
-                return
             # Once on the wire a create is seen through even if the batch is abandoned, and
             # its id recorded: the task may be billed.
             with anyio.CancelScope(shield=True):
                 try:
-                    ticket = await self._runtime.create(request, token=item)
+                    sent = await self._runtime.create(
+                        request, token=item, proceed=self._reserve_create
+                    )
                 except NanoBananaError as exc:
+                    self._abort_if_account(exc)  # before any await: no create slips out after
                     await self._journal("create_failed", item, exc)
                     self._deliver(item, error=exc)
                     return
+                if sent is None:  # the batch stopped while this create waited for a slot
+                    await self._not_sent(item)
+                    return
+                ticket = sent
                 await self._journal("created", item, ticket)
         item.request_id = ticket.request_id
         item.submitted_at = self._runtime.now()
@@ -327,6 +339,43 @@ class _Engine:
         entry.listeners.append(lambda e: self._on_done(item, e))
         if self._on_event is not None:
             entry.observers.append(lambda e, s: self._on_status(item, s))
+
+    def _may_create(self) -> bool:
+        return self._fatal is None and not self._abandoned
+
+    def _reserve_create(self) -> bool:
+        """Asked with a create slot held: may this create go out? (stopped, abandoned, cap)"""
+        cap = self._max_creates
+        if self._may_create() and cap is not None and self._creates >= cap:
+            self._fail(BatchAbortedError(f"max_creates={cap} reached: nothing more is created"))
+        if not self._may_create():
+            return False
+        self._creates += 1
+        return True
+
+    async def _not_sent(self, item: _Item) -> None:
+        """An item read (its intent recorded) but never created: a rerun will create it."""
+        if self._resume is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._resume.not_sent(item.index, f"batch stopped: {self._fatal}")
+                except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
+                    self._fail(_as_journal_error(exc, f"record item {item.index} as not sent"))
+        self._skip(item)
+
+    def _abort_if_account(self, error: NanoBananaError) -> None:
+        """Stop creating when the account cannot go on: every further create would fail too."""
+        reason = None
+        if isinstance(error, (AuthenticationError, PermissionDeniedError)):
+            reason = "the service refused the API key"
+        elif isinstance(error, InsufficientCreditsError):
+            reason = "the account has no credits left"
+        elif isinstance(error, RateLimitError) and (
+            error.retry_after is None or error.retry_after > self._runtime.retry.max_retry_after
+        ):
+            reason = "the service asked to wait longer than the retry policy allows"
+        if reason is not None and self._fatal is None:
+            self._fail(BatchAbortedError(f"{reason} ({error})", cause=error))
 
     async def _journal(self, what: str, item: _Item, value: Any) -> None:
         """Record a create's answer; a journal failure stops the batch but loses no task."""
@@ -355,6 +404,8 @@ class _Engine:
         result = outcome if isinstance(outcome, GenerationResult) else None
         error = outcome if isinstance(outcome, NanoBananaError) else None
         self._deliver(item, result=result, error=error, finished_at=entry.finished_at)
+        if error is not None:
+            self._abort_if_account(error)
         if self._resume is not None and self._tg is not None:
             self._tg.start_soon(self._record_finished, item.index, result, error)
 

@@ -47,6 +47,19 @@ def output_to_wire(output: Output) -> dict[str, Any]:
     return {**dict(output.extra), **{k: v for k, v in data.items() if v is not None}}
 
 
+# Items an earlier run may have paid for: they count against ``max_creates`` on a rerun.
+_MAYBE_CREATED = frozenset(
+    {
+        ItemState.PENDING,
+        ItemState.SUBMITTED,
+        ItemState.UNKNOWN,
+        ItemState.SUCCEEDED,
+        ItemState.FAILED,
+        ItemState.CANCELLED,
+    }
+)
+
+
 class ResumeBinding:
     """Connects one batch to a journal (opened here from a path, or owned by the caller)."""
 
@@ -58,6 +71,7 @@ class ResumeBinding:
         self._resubmit_unknown = resubmit_unknown
         self._journal: Journal | None = self._given
         self._prior: dict[int, JournalItem] = {}
+        self.prior_creates = 0
 
     @property
     def journal(self) -> Journal:
@@ -71,6 +85,7 @@ class ResumeBinding:
             assert self._path is not None
             self._journal = await Journal.open(self._path)
         self._prior = await self._journal.load()
+        self.prior_creates = sum(1 for item in self._prior.values() if item.state in _MAYBE_CREATED)
 
     async def close(self) -> None:
         """Close the journal if this binding opened it."""
@@ -111,6 +126,10 @@ class ResumeBinding:
             )
         await journal.record_intent(index, body)
         return Plan(create=True)
+
+    async def not_sent(self, index: int, reason: str) -> None:
+        """Record that an item whose intent was recorded was never sent (a rerun creates it)."""
+        await self.journal.record_rejected(index, "NOT_SENT", reason)
 
     async def created(self, index: int, ticket: Ticket) -> None:
         """Record the request id as soon as the create answered."""

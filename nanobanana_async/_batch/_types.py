@@ -120,6 +120,13 @@ def _callable_or_none(_: object, attribute: attrs.Attribute[Any], value: object)
         raise ValidationError(attribute.name, value, "must be a callable or None")
 
 
+def _max_creates(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError("max_creates", value, "must be an integer >= 0 or None")
+
+
 def _journal(_: object, __: attrs.Attribute[Any], value: object) -> None:
     from ..journal import Journal
 
@@ -137,6 +144,8 @@ class BatchOptions:
     ``on_event``: called with each ``BatchEvent`` (its failures are logged, never raised).
     ``journal``: a path or an open ``Journal`` that makes the batch resumable.
     ``resubmit_unknown``: on resume, create again the items whose create may have been lost.
+    ``max_creates``: a spending cap: the batch stops with ``BatchAbortedError`` rather than
+    send more than this many creates (with a journal, creates of earlier runs count too).
     """
 
     max_in_flight: int = attrs.field(default=DEFAULT_MAX_IN_FLIGHT, validator=_max_in_flight)
@@ -147,6 +156,7 @@ class BatchOptions:
     )
     journal: Journal | str | os.PathLike[str] | None = attrs.field(default=None, validator=_journal)
     resubmit_unknown: bool = attrs.field(default=False, validator=_bool)
+    max_creates: int | None = attrs.field(default=None, validator=_max_creates)
 
     def with_overrides(self, overrides: dict[str, Any]) -> BatchOptions:
         """These options with some fields replaced (``ValidationError`` for an unknown name)."""
