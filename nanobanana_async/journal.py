@@ -38,7 +38,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: attempts and prior_ids (task retries); 1 is migrated on open
 _MAX_GROUP = 512  # ops per transaction: bounds the latency of the last waiter of a group
 _MAX_QUEUED = 4096  # backpressure: callers wait for a slot instead of growing memory unboundedly
 _CLOSE_TIMEOUT = 30.0
@@ -50,7 +50,8 @@ INSERT INTO meta SELECT {SCHEMA_VERSION}, (julianday('now') - 2440587.5) * 86400
 CREATE TABLE IF NOT EXISTS items (
     idx INTEGER PRIMARY KEY, key TEXT NOT NULL, state TEXT NOT NULL, request_id TEXT,
     request_json TEXT NOT NULL, error_type TEXT, error_message TEXT,
-    outputs_json TEXT NOT NULL DEFAULT '[]', updated_at REAL NOT NULL);
+    outputs_json TEXT NOT NULL DEFAULT '[]', updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1, prior_ids TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS items_request_id ON items (request_id);
 CREATE TABLE IF NOT EXISTS files (
     idx INTEGER NOT NULL REFERENCES items (idx), output_index INTEGER NOT NULL,
@@ -99,6 +100,8 @@ class JournalItem:
     outputs: tuple[dict[str, Any], ...]
     files: tuple[JournalFile, ...]
     updated_at: float
+    attempts: int = 1  # creates sent for this item (task retries add one each)
+    prior_ids: tuple[str, ...] = ()  # request ids of earlier attempts, oldest first
 
 
 @attrs.frozen
@@ -161,22 +164,43 @@ def _load(conn: sqlite3.Connection) -> dict[int, JournalItem]:
     for idx, *rest in conn.execute("SELECT * FROM files ORDER BY idx, output_index"):
         files.setdefault(idx, []).append(JournalFile(*rest))
     result = {}
-    for i, key, state, rid, req, et, em, out, at in conn.execute(
-        "SELECT * FROM items ORDER BY idx"
+    for i, key, state, rid, req, et, em, out, at, attempts, prior in conn.execute(
+        "SELECT idx, key, state, request_id, request_json, error_type, error_message,"
+        " outputs_json, updated_at, attempts, prior_ids FROM items ORDER BY idx"
     ):
         args = (ItemState(state), rid, json.loads(req), et, em, tuple(json.loads(out)))
-        result[i] = JournalItem(i, key, *args, tuple(files.get(i, ())), at)
+        files_of = tuple(files.get(i, ()))
+        result[i] = JournalItem(i, key, *args, files_of, at, attempts, tuple(json.loads(prior)))
     return result
+
+
+def _retry(conn: sqlite3.Connection, index: int, request_id: str) -> None:
+    """SUBMITTED -> PENDING for another attempt; the old id moves to ``prior_ids``."""
+    row = conn.execute(
+        "SELECT state, request_id, prior_ids FROM items WHERE idx = ?", (index,)
+    ).fetchone()
+    if row is None or ItemState(row[0]) is not ItemState.SUBMITTED or row[1] != request_id:
+        state = "missing" if row is None else f"{row[0]} with id {row[1]}"
+        raise JournalStateError(f"journal item {index} is {state}, cannot record a retry")
+    prior = json.dumps([*json.loads(row[2]), request_id])
+    conn.execute(
+        "UPDATE items SET state = 'pending', request_id = NULL, attempts = attempts + 1,"
+        " prior_ids = ?, error_type = NULL, error_message = NULL, updated_at = ? WHERE idx = ?",
+        (prior, time.time(), index),
+    )
 
 
 def _report(conn: sqlite3.Connection) -> JournalReport:
     counts = {state.value: 0 for state in ItemState}
     counts.update(conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
-    ids = conn.execute("SELECT request_id FROM items WHERE request_id IS NOT NULL ORDER BY idx")
+    ids = conn.execute("SELECT prior_ids, request_id FROM items ORDER BY idx")
     unknown = conn.execute(
         "SELECT idx FROM items WHERE state IN ('pending', 'unknown') ORDER BY idx"
     ).fetchall()
-    request_ids = tuple(r[0] for r in ids)
+    # Every id ever paid for, earlier attempts of a retried task included.
+    request_ids = tuple(
+        rid for prior, last in ids for rid in (*json.loads(prior), last) if rid is not None
+    )
     return JournalReport(counts, request_ids, tuple(r[0] for r in unknown), sum(counts.values()))
 
 
@@ -192,12 +216,31 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript(_SCHEMA)
         version = conn.execute("SELECT MAX(schema_version) FROM meta").fetchone()[0]
+        if version == 1:
+            _migrate_from_1(conn)
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"journal {path} has unsupported schema version {version}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Version 1 journals gain the task-retry columns (every item had one attempt)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "attempts" not in columns:
+            conn.execute("ALTER TABLE items ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
+        if "prior_ids" not in columns:
+            conn.execute("ALTER TABLE items ADD COLUMN prior_ids TEXT NOT NULL DEFAULT '[]'")
+        conn.execute("UPDATE meta SET schema_version = ?", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 @attrs.define
@@ -258,6 +301,11 @@ class Journal:
         """Durably record the request id the create answered with."""
         allowed = {ItemState.PENDING, ItemState.UNKNOWN, ItemState.SUBMITTED}
         await self._move(index, allowed, state="submitted", request_id=request_id)
+
+    async def record_retry(self, index: int, request_id: str) -> None:
+        """Durably record that item ``index`` (now ``request_id``) will be created again; call
+        before sending that create. The item is PENDING again until the new id is recorded."""
+        await self._call(lambda conn: _retry(conn, index, request_id))
 
     async def record_unknown(self, index: int, message: str) -> None:
         """Record that the create's outcome is ambiguous: the task may exist and be billed."""

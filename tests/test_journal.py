@@ -83,7 +83,7 @@ async def test_intent_and_submitted_are_durable_on_return(tmp_path: Path) -> Non
             (7, "submitted", "req-7")
         ]
         assert raw_rows(path, "PRAGMA journal_mode") == [("wal",)]
-        assert raw_rows(path, "SELECT schema_version FROM meta") == [(1,)]
+        assert raw_rows(path, "SELECT schema_version FROM meta") == [(2,)]
 
 
 CRASHER = textwrap.dedent(
@@ -270,3 +270,50 @@ async def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
 async def test_open_failure_is_reported(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.Error):
         await Journal.open(tmp_path / "no-such-dir" / "j.sqlite")
+
+
+async def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE meta (schema_version INTEGER NOT NULL, created_at REAL NOT NULL);
+        INSERT INTO meta VALUES (1, 0);
+        CREATE TABLE items (
+            idx INTEGER PRIMARY KEY, key TEXT NOT NULL, state TEXT NOT NULL, request_id TEXT,
+            request_json TEXT NOT NULL, error_type TEXT, error_message TEXT,
+            outputs_json TEXT NOT NULL DEFAULT '[]', updated_at REAL NOT NULL);
+        CREATE TABLE files (
+            idx INTEGER NOT NULL REFERENCES items (idx), output_index INTEGER NOT NULL,
+            path TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+            PRIMARY KEY (idx, output_index));
+        INSERT INTO items VALUES (0, 'k', 'submitted', 'req-0', '{"prompt":"p"}', NULL, NULL, '[]', 0);
+        """
+    )
+    conn.close()
+    async with await Journal.open(path) as j:
+        items = await j.load()
+        assert items[0].request_id == "req-0" and items[0].attempts == 1
+        assert items[0].prior_ids == ()
+    assert raw_rows(path, "SELECT schema_version FROM meta") == [(2,)]
+
+
+async def test_a_retry_keeps_every_paid_id_and_counts_attempts(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path / "r.db") as j:
+        await j.record_intent(3, {"prompt": "p"})
+        await j.record_submitted(3, "req-a")
+        with pytest.raises(JournalStateError):
+            await j.record_retry(3, "req-other")  # not the id on record
+        await j.record_retry(3, "req-a")
+        item = (await j.load())[3]
+        assert (item.state, item.request_id, item.attempts, item.prior_ids) == (
+            ItemState.PENDING,
+            None,
+            2,
+            ("req-a",),
+        )
+        await j.record_submitted(3, "req-b")
+        report = await j.report()
+        assert report.request_ids == ("req-a", "req-b")  # the record of spend keeps both
+        with pytest.raises(JournalStateError):
+            await j.record_retry(3, "req-a")
