@@ -1,8 +1,10 @@
 """The ``nanobanana-async`` command.
 
-Exit codes: 0 success, 1 some items (or the task) failed, 2 usage or input error, 130
-interrupted (SIGINT/SIGTERM). ``demo`` counts its one intentionally blocked prompt as expected,
-so a demo run exits 0 when only that item failed.
+Exit codes: 0 success, 1 some items (or the task) failed, 2 usage or input error, 3 a batch
+whose items all succeeded but skipped bad input lines, 4 a batch stopped before the end (the
+account cannot go on, or ``--max-creates``; a rerun resumes), 130 interrupted (SIGINT/SIGTERM).
+``demo`` counts its one intentionally blocked prompt as expected, so a demo run exits 0 when
+only that item failed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from .._version import __version__
 __all__ = ["main"]
 
 _EPILOG = (
-    "exit codes: 0 ok, 1 some items failed, 2 usage or input error, 130 interrupted. "
+    "exit codes: 0 ok, 1 some items failed, 2 usage or input error, 3 bad input lines were "
+    "skipped, 4 stopped (no credits, key refused, long rate-limit hold, or --max-creates "
+    "reached; rerun to resume), 130 interrupted. "
     "The API key comes from NANOBANANA_API_KEY or --api-key-file and is never printed."
 )
 
@@ -39,6 +43,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
     return value
 
 
@@ -100,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on Ctrl-C leave remote tasks running; the next run re-attaches to them",
     )
+    p.add_argument(
+        "--max-creates",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="spending cap: send at most N creates, counting earlier runs with this journal; "
+        "when reached the batch stops (exit 4) and a rerun with a higher cap resumes",
+    )
     p.add_argument("--strict", action="store_true", help="any bad line fails before sending")
     _service_flags(p, emulator=True)
 
@@ -130,11 +149,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _logging(verbose: bool) -> None:
+    logger = logging.getLogger("nanobanana_async")
     if not verbose:
+        # The command reports what matters itself, on one line; without a handler, Python's
+        # last-resort handler would also print the SDK's warnings and errors on stderr.
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("nanobanana_async")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
 

@@ -20,7 +20,12 @@ from anyio.abc import TaskGroup
 from .._batch._engine import BatchStream, Outcome
 from .._client import Client, ClientStats
 from ..download import Downloader, _sha256_of
-from ..errors import NanoBananaError, TaskCancelledError, TaskError
+from ..errors import (
+    BatchAbortedError,
+    NanoBananaError,
+    TaskCancelledError,
+    TaskError,
+)
 from ..journal import Journal, JournalItem
 from ..models import GenerationRequest, GenerationResult
 from ._input import BadLine
@@ -47,6 +52,7 @@ class RunOptions:
     resubmit_unknown: bool = False
     detach: bool = False
     max_downloads: int = 8
+    max_creates: int | None = None
 
 
 @attrs.define
@@ -79,6 +85,9 @@ class RunResult:
     wall: float = 0.0
     interrupted: str | None = None  # the signal's name
     stats: ClientStats | None = None
+    # Why the batch stopped creating (the account cannot go on, or max_creates): every outcome
+    # in hand was delivered and saved; the items not sent are journaled so a rerun creates them.
+    stopped: BatchAbortedError | None = None
 
 
 EXIT_INTERRUPTED = 130  # what a shell expects of a command stopped by Ctrl-C
@@ -210,12 +219,16 @@ class _Runner:
             on_event=self.progress.on_event,
             journal=self.journal,
             resubmit_unknown=self.opts.resubmit_unknown,
+            max_creates=self.opts.max_creates,
         )
         fatal: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
                 try:
                     await self._consume(stream, tg)
+                except BatchAbortedError as exc:
+                    # Raised after the last outcome in hand: the downloads under way finish.
+                    self.result.stopped = exc
                 except Exception as exc:  # noqa: BLE001 - re-raised below, not as a group
                     fatal = exc
                     tg.cancel_scope.cancel()

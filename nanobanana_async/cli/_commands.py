@@ -136,8 +136,10 @@ def batch_command(args: argparse.Namespace) -> int:
         submit_rate=args.submit_rate,
         resubmit_unknown=args.resubmit_unknown,
         detach=args.detach,
+        max_creates=args.max_creates,
     )
-    progress = Progress(total=count_candidates(path), enabled=not args.json)
+    expected = count_candidates(path)
+    progress = Progress(total=expected, enabled=not args.json)
     bad_lines: list[BadLine] = []
 
     def on_bad(line: BadLine) -> None:
@@ -168,6 +170,8 @@ def batch_command(args: argparse.Namespace) -> int:
         as_json=args.json,
         command=_command_line(),
         detach=args.detach,
+        expected=expected,
+        max_creates=args.max_creates,
     )
 
 
@@ -207,7 +211,9 @@ def demo_command(args: argparse.Namespace) -> int:
         as_json=args.json,
         command=_command_line(),
         expected_failures=blocked,
+        expected=len(requests),
+        resume="rerun the demo",
     )
-    if not args.json and not result.interrupted:
+    if not args.json and not result.interrupted and result.stopped is None:
         print(f"item(s) {sorted(blocked)} failed on purpose ([blocked] prompt): exit code {code}")
     return code

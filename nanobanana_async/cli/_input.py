@@ -9,7 +9,7 @@ from pathlib import Path
 import attrs
 
 from .._http._wire import parse_request
-from ..errors import ValidationError
+from ..errors import ValidationError, excerpt
 from ..models import GenerationRequest
 
 __all__ = ["BadLine", "count_candidates", "read_requests"]
@@ -17,14 +17,30 @@ __all__ = ["BadLine", "count_candidates", "read_requests"]
 
 @attrs.frozen
 class BadLine:
-    """An input line that could not be turned into a request."""
+    """An input line that could not be turned into a request.
+
+    ``value`` is a short excerpt of what was given; ``allowed`` what the field accepts (as the
+    library's ``ValidationError`` says it), when known.
+    """
 
     line: int
     field: str
     reason: str
+    value: str | None = None
+    allowed: str | None = None
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.reason}"
+        text = f"line {self.line}: {self.field}: {self.reason}"
+        if self.value is not None:
+            text += f" (got {self.value})"
+        if self.allowed:
+            text += f"; allowed: {self.allowed}"
+        return text
+
+    @classmethod
+    def from_error(cls, line: int, error: ValidationError) -> BadLine:
+        """The bad line ``error`` describes, keeping the allowed values."""
+        return cls(line, error.field, error.reason, excerpt(repr(error.value), 60), error.allowed)
 
 
 def _candidates(path: Path) -> Iterator[tuple[int, str]]:
@@ -64,6 +80,6 @@ def read_requests(
             request = _parse(text, as_json)
         except ValidationError as exc:
             if on_bad is not None:
-                on_bad(BadLine(number, exc.field, exc.reason))
+                on_bad(BadLine.from_error(number, exc))
             continue
         yield request

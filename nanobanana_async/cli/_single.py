@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sqlite3
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -142,18 +144,50 @@ async def cancel_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+NOT_SENT = "NOT_SENT"  # the error_type of a rejected item a stopped batch read but never sent
+
+
+def _count_not_sent(path: str) -> int:
+    """Rejected items that were never sent (a stopped batch), read-only like ``report_sync``."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    try:
+        query = "SELECT COUNT(*) FROM items WHERE state = 'rejected' AND error_type = ?"
+        count: int = conn.execute(query, (NOT_SENT,)).fetchone()[0]
+    finally:
+        conn.close()
+    return count
+
+
 def report_command(args: argparse.Namespace) -> int:
-    """``report JOURNAL``: counts by state, request ids and ambiguous items of a journal."""
+    """``report JOURNAL``: counts by state, request ids and ambiguous items of a journal.
+
+    Rejected items are split: ``not sent`` (a stopped batch read them and never sent them) and
+    ``rejected`` (the service refused the create); neither was created, a rerun creates both.
+    """
     try:
         report = Journal.report_sync(args.journal)
-    except (FileNotFoundError, OSError) as exc:
+        rejected = report.counts.get("rejected", 0)
+        not_sent = min(rejected, _count_not_sent(args.journal)) if rejected else 0
+    except (FileNotFoundError, OSError, sqlite3.Error) as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(_dump(attrs.asdict(report)))
+        print(_dump({**attrs.asdict(report), "not_sent": not_sent}))
         return EXIT_OK
-    rows = [(state, str(n)) for state, n in report.counts.items() if n]
+    rows = []
+    for state, n in report.counts.items():
+        if state == "rejected":
+            if not_sent:
+                rows.append(("not sent", str(not_sent)))
+            n -= not_sent
+        if n:
+            rows.append((state, str(n)))
     rows.append(("total", str(report.total)))
     print_table(f"journal {args.journal}", rows)
+    if rejected:
+        print(
+            "not sent / rejected: never created, nothing billed; rerunning the batch with "
+            "this journal creates them (and any input lines a stopped run never read)"
+        )
     if report.request_ids:
         print(f"request ids ({len(report.request_ids)}):")
         for rid in report.request_ids:

@@ -96,7 +96,8 @@ class Progress:
     def note(self, message: str) -> None:
         """A message for the user (stderr) that does not garble the live bar."""
         if self._bar is not None:
-            self._bar.console.print(message, markup=False, highlight=False)
+            # soft_wrap: one message stays one line (the terminal folds it, not rich)
+            self._bar.console.print(message, markup=False, highlight=False, soft_wrap=True)
         else:
             print(message, file=sys.stderr)
 

@@ -83,7 +83,7 @@ def test_demo_downloads_reports_and_keeps_the_key_out(
         assert b"emulator-key" not in data and b"Bearer" not in data
 
 
-def test_batch_jsonl_skips_and_reports_a_bad_line(
+def test_batch_jsonl_skips_a_bad_line_names_the_allowed_values_and_exits_3(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = write(
@@ -95,15 +95,54 @@ def test_batch_jsonl_skips_and_reports_a_bad_line(
         '{"prompt": "two", "image_size": "2K"}',
     )
     out = tmp_path / "out"
-    assert main(["batch", str(src), "--out", str(out), "--emulator"]) == 0
-    err = capsys.readouterr().err
-    assert "line 3" in err and "aspect_ratio" in err
+    # Every request read succeeded, but a line was skipped: not a clean run.
+    assert main(["batch", str(src), "--out", str(out), "--emulator"]) == 3
+    captured = capsys.readouterr()
+    [note] = [line for line in captured.err.splitlines() if "line 3" in line]
+    assert "aspect_ratio: not an allowed value (got '7:5')" in note
+    assert "allowed: 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9" in note
+    assert "skipped line 3: aspect_ratio" in captured.out  # repeated in the summary
     names = [p.name for p in pngs(out)]
     # Item indices count valid lines only, so a rerun maps the same indices.
     assert [n[:5] for n in names] == ["00000", "00001"]
     report = json.loads((out / "report.json").read_text())
     assert report["bad_lines"][0]["line"] == 3
     assert report["bad_lines"][0]["field"] == "aspect_ratio"
+    assert report["bad_lines"][0]["allowed"].startswith("1:1, 2:3")
+    assert report["exit_code"] == 3
+
+
+def test_mostly_bad_input_is_never_a_success(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write(
+        tmp_path / "in.jsonl",
+        '{"prompt": "the only good one"}',
+        '{"prompt": "a", "aspect_ratio": "7:5"}',
+        '{"prompt": "b", "image_size": "8K"}',
+        '{"prompt": "c", "colour": "red"}',
+        '{"prompt": ""}',
+        "not json at all",
+        '{"prompt": "e", "response_modalities": ["Video"]}',
+    )
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--out", str(out), "--emulator", "--json"]) == 3
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["exit_code"] == 3
+    assert summary["totals"]["succeeded"] == 1 and summary["totals"]["bad_lines"] == 6
+    for allowed in (
+        "allowed: 1K, 2K, 4K",
+        "allowed: prompt, image_urls, aspect_ratio, image_size, response_modalities",
+        "allowed: 1 to 2500 characters",
+        "allowed: Text, Image",
+    ):
+        assert allowed in captured.err
+    assert "line 6: json: not valid JSON" in captured.err
+
+    # A failed item as well: 1 (some items failed) comes before 3.
+    src = write(tmp_path / "mixed.txt", "[blocked] no", '{"prompt": "x", "image_size": "8K"}')
+    assert main(["batch", str(src), "--out", str(tmp_path / "o2"), "--emulator"]) == 1
 
 
 def test_strict_fails_before_sending_anything(
