@@ -23,6 +23,7 @@ from ..download import Downloader, _sha256_of
 from ..errors import (
     BatchAbortedError,
     NanoBananaError,
+    NoImageError,
     TaskCancelledError,
     TaskError,
 )
@@ -187,6 +188,8 @@ def _base_report(outcome: Outcome) -> ItemReport:
             error.error_type if isinstance(error, TaskError) and error.error_type else None
         ) or type(error).__name__
         report.error_message = str(error)
+        if isinstance(error, NoImageError):
+            report.text = error.text  # the model's refusal, if it said anything
     return report
 
 

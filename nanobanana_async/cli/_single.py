@@ -15,11 +15,12 @@ import attrs
 
 from .._client import Client
 from ..download import Downloader
+from ..errors import NoImageError
 from ..journal import Journal
 from ..models import GenerationRequest, GenerationResult
 from ._batch import Interrupt
 from ._commands import EMULATOR_POLL, UsageError, client_kwargs, emulator_config
-from ._summary import EXIT_INTERRUPTED, EXIT_OK
+from ._summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ._ui import print_table
 
 __all__ = [
@@ -72,8 +73,37 @@ def _print_result(result: GenerationResult, paths: list[str], as_json: bool) -> 
     if not paths:
         for image in result.images:
             print(image.url)
+    if not result.images:
+        # By id the request is not known: this may be a text-only task, or a refusal.
+        reason = result.metadata.get("finish_reason") or result.metadata.get("finishReason")
+        print(f"no image (finish reason: {reason or 'not given'})")
     if result.text:
         print(result.text)
+
+
+def _print_no_image(command: str, error: NoImageError, as_json: bool) -> int:
+    """A task that finished without the image asked for: what the model said, and why; exit 1."""
+    reason = error.metadata.get("finish_reason") or error.metadata.get("finishReason")
+    if as_json:
+        document = {
+            "request_id": error.request_id,
+            "error_type": error.error_type,
+            "finish_reason": reason,
+            "text": error.text,
+            "files": [],
+            "outputs": [attrs.asdict(o) for o in error.outputs],
+        }
+        print(_dump(document))
+    else:
+        print(f"request_id {error.request_id}")
+        print(f"no image (finish reason: {reason or 'not given'})")
+        print(error.text if error.text else "(the model returned no text)")
+    print(
+        f"nanobanana-async {command}: task {error.request_id} finished without an image "
+        f"(finish reason: {reason or 'not given'})",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 async def generate_command(args: argparse.Namespace) -> int:
@@ -96,7 +126,10 @@ async def generate_command(args: argparse.Namespace) -> int:
         async with AsyncExitStack() as stack:
             client = await _open(stack, args)
             with scope:
-                result = await client.generate(request)
+                try:
+                    result = await client.generate(request)
+                except NoImageError as exc:
+                    return _print_no_image("generate", exc, args.json)
                 paths = await _save(client, result, args.out)
                 _print_result(result, paths, args.json)
     return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
@@ -127,7 +160,10 @@ async def result_command(args: argparse.Namespace) -> int:
             client = await _open(stack, args)
             with scope:
                 # The task may belong to another process: Ctrl-C here must not cancel it.
-                result = await client.result(args.id, cancel_on_abandon=False)
+                try:
+                    result = await client.result(args.id, cancel_on_abandon=False)
+                except NoImageError as exc:
+                    return _print_no_image("result", exc, args.json)
                 _print_result(result, await _save(client, result, args.out), args.json)
     return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
 

@@ -252,6 +252,26 @@ def test_generate_with_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert png.read_bytes().startswith(PNG)
 
 
+def test_generate_without_an_image_prints_the_refusal_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nanobanana_async.emulator.wire import REFUSAL_TEXT
+
+    out = tmp_path / "g"
+    argv = ["generate", "[no-image] a banana", "--text", "--out", str(out), "--emulator"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert REFUSAL_TEXT in captured.out and "finish reason: SAFETY" in captured.out
+    [line] = captured.err.strip().splitlines()
+    assert "generate: task " in line and "without an image (finish reason: SAFETY)" in line
+    assert pngs(out) == []
+
+    assert main([*argv, "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["error_type"] == "NO_IMAGE" and document["finish_reason"] == "SAFETY"
+    assert document["text"] == REFUSAL_TEXT and document["files"] == []
+
+
 def test_report_lists_unknown_items_with_a_hint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

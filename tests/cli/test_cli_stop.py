@@ -231,3 +231,27 @@ def test_as_a_process_the_stop_is_one_line_on_stderr(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["exit_code"] == 4 and summary["stopped"]["message"] == line
     assert summary["totals"]["succeeded"] == 3
+
+
+def test_result_by_id_of_a_task_without_an_image_shows_the_finish_reason_and_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from nanobanana_async import Client
+    from nanobanana_async.emulator.wire import REFUSAL_TEXT
+
+    with emulator() as service:
+
+        async def create() -> str:
+            async with Client(service.api_key, base_url=service.base_url) as client:
+                job = await client.submit("[no-image] a banana")
+                return job.request_id
+
+        request_id = asyncio.run(create())
+        monkeypatch.setenv("NANOBANANA_API_KEY", service.api_key)
+        # By id the request is unknown (it may have been text-only): shown, not failed.
+        assert main(["result", request_id, "--base-url", service.base_url]) == 0
+    text = capsys.readouterr().out
+    assert request_id in text and "no image (finish reason: SAFETY)" in text
+    assert REFUSAL_TEXT in text
