@@ -5,7 +5,7 @@ import contextlib
 from ._batch._engine import BatchStream
 from ._batch._types import BatchEvent, BatchOptions, EventKind, Outcome
 from ._client import Client, ClientStats
-from ._config import Limits, Timeout
+from ._config import Limits, TaskRetry, Timeout
 from ._http._retry import RetryPolicy
 from ._http._transport import HttpEvent
 from ._jobs import Job
@@ -77,6 +77,7 @@ __all__ = [
     "Limits",
     "PollPolicy",
     "RetryPolicy",
+    "TaskRetry",
     "Timeout",
     "APIStatusError",
     "AspectRatio",

@@ -17,13 +17,13 @@ import attrs
 
 from ._batch._engine import BatchStream
 from ._batch._types import DEFAULT_MAX_IN_FLIGHT, BatchOptions, RequestSource, as_request
-from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, Timeout
+from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, TaskRetry, Timeout
 from ._http._retry import DEFAULT_RETRY, RetryPolicy
 from ._http._transport import HttpEvent, Transport
 from ._jobs import Job
 from ._polling._policy import PollPolicy
 from ._runtime import Runtime
-from .errors import ClientStateError, NanoBananaError, ValidationError
+from .errors import ClientStateError, NanoBananaError, TaskFailedError, ValidationError
 from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MODEL", "Client", "ClientStats"]
@@ -48,6 +48,7 @@ class ClientStats:
     ``requests_sent``: HTTP requests of every kind. ``rate_limited``: 429 answers received.
     ``polls_sent``: status/result polls. ``finished``: tasks the scheduler saw end.
     ``send_rate``: the pacer's current requests/s, None while no 429 has been seen.
+    ``task_retries``: tasks created again by a ``TaskRetry`` (each one paid).
     """
 
     submitted: int
@@ -59,6 +60,7 @@ class ClientStats:
     polls_sent: int
     finished: int
     send_rate: float | None
+    task_retries: int = 0
 
     @property
     def polls_per_task(self) -> float | None:
@@ -122,6 +124,7 @@ class Client:
         timeout: Timeout = DEFAULT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
         cancel_on_abandon: bool = True,
+        task_retry: TaskRetry | None = None,
         hooks: Sequence[Callable[[HttpEvent], None]] = (),
         seed: int | None = None,
     ) -> None:
@@ -136,6 +139,8 @@ class Client:
                 raise ValidationError(name, value, f"must be a {cls.__name__}")
         if poll is not None and not isinstance(poll, PollPolicy):
             raise ValidationError("poll", poll, "must be a PollPolicy or None")
+        if task_retry is not None and not isinstance(task_retry, TaskRetry):
+            raise ValidationError("task_retry", task_retry, "must be a TaskRetry or None")
         if not isinstance(cancel_on_abandon, bool):
             raise ValidationError("cancel_on_abandon", cancel_on_abandon, "must be True or False")
         hooks = tuple(hooks)
@@ -155,6 +160,7 @@ class Client:
         )
         self.poll_policy = poll or PollPolicy()
         self.cancel_on_abandon = cancel_on_abandon
+        self.task_retry = task_retry
         self._runtime = Runtime(transport, self.poll_policy, rng=rng)
         self._state = _State.UNOPENED
         self._stack: AsyncExitStack | None = None
@@ -250,11 +256,28 @@ class Client:
         *,
         timeout: float | None = None,
         cancel_on_abandon: bool | None = None,
+        task_retry: TaskRetry | None = None,
     ) -> GenerationResult:
-        """Submit a task and wait for its result (cancelled remotely if abandoned)."""
+        """Submit a task and wait for its result (cancelled remotely if abandoned).
+
+        ``timeout`` bounds each attempt's wait. With ``task_retry`` (or the client's), a task
+        that failed in a way it covers is created again (each attempt is a new paid task).
+        """
         _check_timeout(timeout)
-        job = await self.submit(request)
-        return await job.result(timeout=timeout, cancel_on_abandon=cancel_on_abandon)
+        if task_retry is not None and not isinstance(task_retry, TaskRetry):
+            raise ValidationError("task_retry", task_retry, "must be a TaskRetry or None")
+        retry = task_retry or self.task_retry
+        attempt = 1
+        while True:
+            job = await self.submit(request)
+            try:
+                return await job.result(timeout=timeout, cancel_on_abandon=cancel_on_abandon)
+            except TaskFailedError as exc:
+                if retry is None or not retry.should_retry(exc, attempt):
+                    raise
+                self._runtime.task_retries += 1
+                await anyio.sleep(retry.backoff(attempt, self._runtime.rng))
+                attempt += 1
 
     def job(self, request_id: str) -> Job:
         """A handle on an existing task, by id (e.g. one submitted by another process)."""
@@ -312,7 +335,7 @@ class Client:
         cancel = (
             self.cancel_on_abandon if opts.cancel_on_abandon is None else opts.cancel_on_abandon
         )
-        return BatchStream(runtime, requests, opts, cancel)
+        return BatchStream(runtime, requests, opts, cancel, self.task_retry)
 
     async def map(
         self,

@@ -62,6 +62,7 @@ class Runtime:
         self.submitted = 0
         self.succeeded = 0
         self.failed = 0
+        self.task_retries = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -308,6 +309,11 @@ class Runtime:
         return self.transport.session
 
     @property
+    def rng(self) -> random.Random:
+        """The client's random source (jitter; seeded in tests)."""
+        return self._rng
+
+    @property
     def retry(self) -> RetryPolicy:
         """The client's retry policy."""
         return self.transport.retry
@@ -326,4 +332,5 @@ class Runtime:
             "rate_limited": t.rate_limited,
             "polls_sent": s.polls_sent if s else 0,
             "finished": s.finished if s else 0,
+            "task_retries": self.task_retries,
         }

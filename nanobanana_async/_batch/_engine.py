@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from .._config import TaskRetry
 from .._http._pacer import AdaptiveRateLimiter
 from .._http._wire import encode_request
 from .._polling._entry import TaskEntry
@@ -44,7 +45,7 @@ from ..errors import (
     RateLimitError,
     ValidationError,
 )
-from ..models import GenerationRequest, GenerationResult, TaskState, TaskStatus
+from ..models import GenerationRequest, GenerationResult, TaskState, TaskStatus, Ticket
 from ._resume import Plan, ResumeBinding
 from ._types import (
     BatchEvent,
@@ -72,6 +73,9 @@ class _Item:
     submitted_at: float | None = None
     entry: TaskEntry | None = None
     delivered: bool = False
+    attempts: int = 1
+    request_ids: list[str] = attrs.field(factory=list)
+    finished_at: float | None = None
 
 
 class BatchStream:
@@ -83,9 +87,14 @@ class BatchStream:
     """
 
     def __init__(
-        self, runtime: Runtime, source: RequestSource, options: BatchOptions, cancel: bool
+        self,
+        runtime: Runtime,
+        source: RequestSource,
+        options: BatchOptions,
+        cancel: bool,
+        task_retry: TaskRetry | None = None,
     ) -> None:
-        self._engine = _Engine(runtime, source, options, cancel)
+        self._engine = _Engine(runtime, source, options, cancel, task_retry)
 
     def __repr__(self) -> str:
         return repr(self._engine)
@@ -126,7 +135,12 @@ class _Engine:
     """Feeds inputs, submits them, and turns scheduler completions into outcomes."""
 
     def __init__(
-        self, runtime: Runtime, source: RequestSource, options: BatchOptions, cancel: bool
+        self,
+        runtime: Runtime,
+        source: RequestSource,
+        options: BatchOptions,
+        cancel: bool,
+        task_retry: TaskRetry | None = None,
     ) -> None:
         if not isinstance(source, (Iterable, AsyncIterable)) or isinstance(source, (str, bytes)):
             raise ValidationError("requests", source, "must be an iterable of requests or prompts")
@@ -134,6 +148,7 @@ class _Engine:
         self._source = source
         self._cancel_on_abandon = cancel
         self._on_event = options.on_event
+        self._task_retry = options.task_retry if options.task_retry is not None else task_retry
         self._max_creates = options.max_creates
         self._creates = 0  # creates sent (or reserved) by this batch, earlier runs included
         self._slots = anyio.CapacityLimiter(options.max_in_flight)
@@ -296,34 +311,51 @@ class _Engine:
                 self._fail(_as_journal_error(exc, f"record the intent of item {item.index}"))
                 self._skip(item)
                 return
+        item.attempts = plan.attempts
+        item.request_ids = list(plan.prior_ids)
         if plan.result is not None or plan.error is not None:
             item.request_id = (plan.result.request_id if plan.result else None) or getattr(
                 plan.error, "request_id", None
             )
+            if item.request_id:
+                item.request_ids.append(item.request_id)
             self._deliver(item, result=plan.result, error=plan.error, resumed=True)
             return
         if plan.ticket is not None:
             ticket = plan.ticket  # submitted by an earlier run: re-attach, never create again
+            item.request_ids.append(ticket.request_id)
         else:
             if self._pacer is not None and self._may_create():
                 await self._pacer.acquire()
-            # Once on the wire a create is seen through even if the batch is abandoned, and
-            # its id recorded: the task may be billed.
-            with anyio.CancelScope(shield=True):
-                try:
-                    sent = await self._runtime.create(
-                        request, token=item, proceed=self._reserve_create
-                    )
-                except NanoBananaError as exc:
-                    self._abort_if_account(exc)  # before any await: no create slips out after
-                    await self._journal("create_failed", item, exc)
-                    self._deliver(item, error=exc)
-                    return
-                if sent is None:  # the batch stopped while this create waited for a slot
-                    await self._not_sent(item)
-                    return
-                ticket = sent
-                await self._journal("created", item, ticket)
+            sent = await self._send_create(item, request)
+            if sent is None:
+                return
+            ticket = sent
+        self._watch(item, request, ticket)
+
+    async def _send_create(
+        self, item: _Item, request: GenerationRequest, *, retrying: NanoBananaError | None = None
+    ) -> Ticket | None:
+        """Create one task for the item and journal its id; None when the item is settled
+        otherwise (create refused, or the batch stopped before it was sent)."""
+        # Once on the wire a create is seen through even if the batch is abandoned, and its id
+        # recorded: the task may be billed.
+        with anyio.CancelScope(shield=True):
+            try:
+                sent = await self._runtime.create(request, token=item, proceed=self._reserve_create)
+            except NanoBananaError as exc:
+                self._abort_if_account(exc)  # before any await: no create slips out after
+                await self._journal("create_failed", item, exc)
+                self._deliver(item, error=exc)
+                return None
+            if sent is None:  # the batch stopped while this create waited for a slot
+                await self._not_sent(item, deliver=retrying)
+                return None
+            await self._journal("created", item, sent)
+            item.request_ids.append(sent.request_id)
+        return sent
+
+    def _watch(self, item: _Item, request: GenerationRequest, ticket: Ticket) -> None:
         item.request_id = ticket.request_id
         item.submitted_at = self._runtime.now()
         self._emit(EventKind.SUBMITTED, item)
@@ -340,6 +372,41 @@ class _Engine:
         if self._on_event is not None:
             entry.observers.append(lambda e, s: self._on_status(item, s))
 
+    async def _retry(self, item: _Item, error: NanoBananaError) -> None:
+        """Create the item's task again after a failure the task-retry policy covers."""
+        assert self._task_retry is not None and item.request is not None
+        try:
+            await anyio.sleep(self._task_retry.backoff(item.attempts, self._runtime.rng))
+            if not self._may_create():
+                self._deliver(item, error=error, finished_at=item.finished_at)
+                return
+            old_id = item.request_id
+            if self._resume is not None and old_id is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._resume.retrying(item.index, old_id)
+                    except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
+                        self._fail(_as_journal_error(exc, f"record a retry of item {item.index}"))
+                        self._deliver(item, error=error, finished_at=item.finished_at)
+                        return
+            item.attempts += 1
+            item.entry = None
+            self._runtime.task_retries += 1
+            logger.info(
+                "item %d: task %s failed (%s); creating attempt %d",
+                item.index,
+                old_id,
+                getattr(error, "error_type", None) or type(error).__name__,
+                item.attempts,
+            )
+            sent = await self._send_create(item, item.request, retrying=error)
+            if sent is not None:
+                self._watch(item, item.request, sent)
+        except Exception as exc:
+            logger.exception("retrying item %d failed", item.index)
+            self._fail(exc)
+            self._deliver(item, error=error, finished_at=item.finished_at)
+
     def _may_create(self) -> bool:
         return self._fatal is None and not self._abandoned
 
@@ -353,15 +420,20 @@ class _Engine:
         self._creates += 1
         return True
 
-    async def _not_sent(self, item: _Item) -> None:
-        """An item read (its intent recorded) but never created: a rerun will create it."""
+    async def _not_sent(self, item: _Item, *, deliver: NanoBananaError | None = None) -> None:
+        """An item read (its intent recorded) but never created: a rerun will create it.
+
+        ``deliver``: the error of an earlier attempt, which is then the item's outcome."""
         if self._resume is not None:
             with anyio.CancelScope(shield=True):
                 try:
                     await self._resume.not_sent(item.index, f"batch stopped: {self._fatal}")
                 except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
                     self._fail(_as_journal_error(exc, f"record item {item.index} as not sent"))
-        self._skip(item)
+        if deliver is not None:
+            self._deliver(item, error=deliver, finished_at=item.finished_at)
+        else:
+            self._skip(item)
 
     def _abort_if_account(self, error: NanoBananaError) -> None:
         """Stop creating when the account cannot go on: every further create would fail too."""
@@ -403,6 +475,17 @@ class _Engine:
         outcome = entry.outcome
         result = outcome if isinstance(outcome, GenerationResult) else None
         error = outcome if isinstance(outcome, NanoBananaError) else None
+        item.finished_at = entry.finished_at
+        retry = self._task_retry
+        if (
+            error is not None
+            and retry is not None
+            and retry.should_retry(error, item.attempts)
+            and self._may_create()
+            and self._tg is not None
+        ):
+            self._tg.start_soon(self._retry, item, error)
+            return
         self._deliver(item, result=result, error=error, finished_at=entry.finished_at)
         if error is not None:
             self._abort_if_account(error)
@@ -439,6 +522,8 @@ class _Engine:
             item.submitted_at,
             finished_at if finished_at is not None else self._runtime.now(),
             resumed,
+            attempts=item.attempts,
+            request_ids=tuple(item.request_ids),
         )
         item.delivered = True
         self._undelivered -= 1

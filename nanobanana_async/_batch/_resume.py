@@ -39,6 +39,8 @@ class Plan:
     ticket: Ticket | None = None
     result: GenerationResult | None = None
     error: NanoBananaError | None = None
+    attempts: int = 1  # tasks created for the item so far (the one to re-attach included)
+    prior_ids: tuple[str, ...] = ()  # ids of earlier attempts
 
 
 def output_to_wire(output: Output) -> dict[str, Any]:
@@ -102,18 +104,19 @@ class ResumeBinding:
         if prior.key != Journal.key_for(body):
             await journal.record_intent(index, body)  # raises JournalMismatchError
         state = prior.state
+        history: dict[str, Any] = {"attempts": prior.attempts, "prior_ids": prior.prior_ids}
         if state is ItemState.SUCCEEDED:
             raw = {"request_id": prior.request_id or "", "outputs": list(prior.outputs)}
             result = parse_response(200, raw)
             assert isinstance(result, GenerationResult)
-            return Plan(result=result)
+            return Plan(result=result, **history)
         if state in (ItemState.FAILED, ItemState.CANCELLED):
             cls = TaskCancelledError if state is ItemState.CANCELLED else TaskFailedError
             message = prior.error_message or state.value
             error = cls(message, request_id=prior.request_id or "", error_type=prior.error_type)
-            return Plan(error=error)
+            return Plan(error=error, **history)
         if state is ItemState.SUBMITTED and prior.request_id:
-            return Plan(ticket=Ticket(prior.request_id))
+            return Plan(ticket=Ticket(prior.request_id), **history)
         if state in (ItemState.PENDING, ItemState.UNKNOWN) and not self._resubmit_unknown:
             if state is ItemState.PENDING:
                 await journal.record_unknown(index, "interrupted before the create answered")
@@ -122,10 +125,15 @@ class ResumeBinding:
                     f"item {index}: an earlier run may have created this task (no id was "
                     "recorded); pass resubmit_unknown=True to create it again",
                     request_body=body,
-                )
+                ),
+                **history,
             )
         await journal.record_intent(index, body)
-        return Plan(create=True)
+        return Plan(create=True, **history)
+
+    async def retrying(self, index: int, request_id: str) -> None:
+        """Record, before it is sent, that item ``index`` will be created again."""
+        await self.journal.record_retry(index, request_id)
 
     async def not_sent(self, index: int, reason: str) -> None:
         """Record that an item whose intent was recorded was never sent (a rerun creates it)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
+from .._config import TaskRetry
 from ..errors import NanoBananaError, ValidationError
 from ..models import GenerationRequest, GenerationResult
 
@@ -41,7 +42,11 @@ def as_request(request: object) -> GenerationRequest:
 
 @attrs.frozen
 class Outcome:
-    """How one input item ended: its result, or the error that stopped it."""
+    """How one input item ended: its result, or the error that stopped it.
+
+    ``attempts`` counts the tasks created for the item (more than one with a ``TaskRetry``);
+    ``request_ids`` lists them all, the last one being ``request_id``.
+    """
 
     index: int
     request: GenerationRequest | None
@@ -51,6 +56,8 @@ class Outcome:
     submitted_at: float | None = None
     finished_at: float | None = None
     resumed: bool = False
+    attempts: int = attrs.field(default=1, kw_only=True)
+    request_ids: tuple[str, ...] = attrs.field(default=(), kw_only=True)
 
     @property
     def ok(self) -> bool:
@@ -127,6 +134,11 @@ def _max_creates(_: object, __: attrs.Attribute[Any], value: object) -> None:
         raise ValidationError("max_creates", value, "must be an integer >= 0 or None")
 
 
+def _task_retry(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, TaskRetry):
+        raise ValidationError("task_retry", value, "must be a TaskRetry or None")
+
+
 def _journal(_: object, __: attrs.Attribute[Any], value: object) -> None:
     from ..journal import Journal
 
@@ -146,6 +158,7 @@ class BatchOptions:
     ``resubmit_unknown``: on resume, create again the items whose create may have been lost.
     ``max_creates``: a spending cap: the batch stops with ``BatchAbortedError`` rather than
     send more than this many creates (with a journal, creates of earlier runs count too).
+    ``task_retry``: a ``TaskRetry`` that creates failed tasks again (None: the client's).
     """
 
     max_in_flight: int = attrs.field(default=DEFAULT_MAX_IN_FLIGHT, validator=_max_in_flight)
@@ -157,6 +170,7 @@ class BatchOptions:
     journal: Journal | str | os.PathLike[str] | None = attrs.field(default=None, validator=_journal)
     resubmit_unknown: bool = attrs.field(default=False, validator=_bool)
     max_creates: int | None = attrs.field(default=None, validator=_max_creates)
+    task_retry: TaskRetry | None = attrs.field(default=None, validator=_task_retry)
 
     def with_overrides(self, overrides: dict[str, Any]) -> BatchOptions:
         """These options with some fields replaced (``ValidationError`` for an unknown name)."""
