@@ -1,6 +1,7 @@
 """nanobanana_async: an asyncio SDK for the Nano Banana Pro queue API."""
 
 import contextlib
+import logging
 
 from ._batch._engine import BatchStream
 from ._batch._types import BatchEvent, BatchOptions, EventKind, Outcome
@@ -121,3 +122,7 @@ for _name in __all__:
         with contextlib.suppress(AttributeError, TypeError):
             _obj.__module__ = __name__
 del _name, _obj
+
+# A library logs; the application decides where it goes (and Python's last-resort handler
+# must not print the SDK's records to stderr unasked).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
