@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import overhead, peers, polling, ratelimit, report, scale
+from . import overhead, peers, polling, profile, ratelimit, report, scale
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
     "overhead": overhead.main,
@@ -22,8 +22,13 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "report":
         report.main([])
         return 0
+    if argv and argv[0] == "profile":  # a diagnostic: prints, saves nothing
+        profile.main(argv[1:])
+        return 0
     if not argv or argv[0] not in {*BENCHMARKS, "all"}:
-        print(f"usage: python -m benchmarks {{{','.join([*BENCHMARKS, 'all'])}}} [--quick]")
+        print(
+            f"usage: python -m benchmarks {{{','.join([*BENCHMARKS, 'all', 'profile'])}}} [--quick]"
+        )
         return 2
     name, rest = argv[0], argv[1:]
     for key, run in BENCHMARKS.items():

@@ -24,8 +24,9 @@ RESULTS = Path(__file__).parent / "results"
 class StandaloneEmulator:
     """The emulator in its own process, so that client and server do not share a core."""
 
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(self, args: Sequence[str], module: str = "nanobanana_async.emulator") -> None:
         self.args = list(args)
+        self.module = module
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""
         self.api_key = ""
@@ -34,7 +35,7 @@ class StandaloneEmulator:
     def __enter__(self) -> StandaloneEmulator:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nanobanana_async.emulator", "--port", "0", *self.args],
+            [sys.executable, "-m", self.module, *self._port_args(), *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -48,6 +49,9 @@ class StandaloneEmulator:
             raise RuntimeError(f"the emulator did not start: {line!r}")
         self.base_url, self.api_key = self.fields["base_url"], self.fields["api_key"]
         return self
+
+    def _port_args(self) -> list[str]:
+        return ["--port", "0"] if self.module == "nanobanana_async.emulator" else []
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
@@ -126,10 +130,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def save(name: str, data: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json``."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(name: str, data: dict[str, Any], *, quick: bool = False) -> Path:
+    """Write ``benchmarks/results/<name>.json``; quick (smoke) runs go to ``results/quick/``
+    (not committed), so a CI run never overwrites the committed figures."""
+    folder = RESULTS / "quick" if quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    data = {**data, "quick": quick}
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2, default=str) + "\n")
     return path
 

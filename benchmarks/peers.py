@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.tasks} tasks, {args.concurrency} in flight, {args.repeats} run(s) each"
     )
     print(report(data))
-    save("peers", data)
+    save("peers", data, quick=args.quick)
     return data
 
 

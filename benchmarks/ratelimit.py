@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = asyncio.run(main_async(args))
     print(f"P4 rate limit: emulator token bucket R, burst R/10, ~{args.seconds:g} s of work")
     print(report(data))
-    save("ratelimit", data)
+    save("ratelimit", data, quick=args.quick)
     return data
 
 

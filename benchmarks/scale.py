@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = asyncio.run(main_async(args))
     print(f"P3 scale: same poll rate ({args.rate:g}/s) at every size, {args.window:g} s window")
     print(report(data))
-    save("scale", data)
+    save("scale", data, quick=args.quick)
     return data
 
 

@@ -17,9 +17,10 @@ running, per ``cancel_on_abandon``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,6 @@ from .._config import TaskRetry
 from .._http._pacer import AdaptiveRateLimiter
 from .._http._wire import encode_request
 from .._polling._entry import TaskEntry
-from .._polling._scheduler import acquire
 from ..errors import (
     AuthenticationError,
     BatchAbortedError,
@@ -151,15 +151,26 @@ class _Engine:
         self._task_retry = options.task_retry if options.task_retry is not None else task_retry
         self._max_creates = options.max_creates
         self._creates = 0  # creates sent (or reserved) by this batch, earlier runs included
-        self._slots = anyio.CapacityLimiter(options.max_in_flight)
+        # Slots: items read and not yet consumed. A counter and one event, not a limiter: the
+        # hot path takes and gives a slot per item without a loop round-trip.
+        self._free = options.max_in_flight
+        self._slot_freed: anyio.Event | None = None
+        self._workers = max(
+            1, min(options.max_in_flight, runtime.transport.limits.max_concurrent_creates)
+        )
+        self._reader = _InputReader(source, chunk=min(32, options.max_in_flight))
+        self._read_scopes: set[anyio.CancelScope] = set()
+        self._next_index = 0
         rate = options.submit_rate
         self._pacer = AdaptiveRateLimiter(max_rate=rate) if rate else None
-        self._send, self._receive = anyio.create_memory_object_stream[Outcome](
-            options.max_in_flight
-        )
+        # Outcomes ready for the consumer (at most max_in_flight: each holds a slot) and the one
+        # consumer waiting for the next; taking a ready outcome does not yield to the loop.
+        self._ready: collections.deque[Outcome] = collections.deque()
+        self._outcome_waiter: anyio.Event | None = None
+        self._ended = False
+        self._closed = False
         self._items: dict[int, _Item] = {}
         self._scope = anyio.CancelScope()
-        self._feed_scope = anyio.CancelScope()
         self._idle = anyio.Event()
         self._finished = anyio.Event()
         self._feeding = True
@@ -188,19 +199,21 @@ class _Engine:
         if not self._started:
             self._started = True
             self._runtime.spawn(self._run, on_error=self._fail, name="nanobanana-batch")
-        try:
-            outcome = await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            outcome = None
-        except BaseException:
-            self.abandon()
-            raise
-        if outcome is None:
-            if self._fatal is not None:
+        ready = self._ready
+        while not ready and not self._ended and not self._closed:
+            waiter = self._outcome_waiter = anyio.Event()
+            try:
+                await waiter.wait()
+            except BaseException:
+                self.abandon()
+                raise
+        if not ready:
+            if self._fatal is not None and not self._closed:
                 raise self._fatal
             raise StopAsyncIteration
-        item = self._items.pop(outcome.index)
-        self._slots.release_on_behalf_of(item)
+        outcome = ready.popleft()
+        self._items.pop(outcome.index, None)
+        self._give_slot()
         return outcome
 
     def abandon(self) -> None:
@@ -214,7 +227,8 @@ class _Engine:
         self.abandon()
         if self._started:
             await self._finished.wait()
-        self._receive.close()
+        self._closed = True
+        self._ready.clear()
 
     # -- engine side (runs in the runtime's task group) ------------------------------------
 
@@ -223,7 +237,26 @@ class _Engine:
         if self._fatal is None:
             self._fatal = error
             logger.error("batch stopped: %s", error)
-        self._feed_scope.cancel()
+        for scope in self._read_scopes:  # workers blocked on a slow input stop reading now
+            scope.cancel()
+
+    async def _take_slot(self) -> None:
+        while self._free <= 0:
+            if self._slot_freed is None:
+                self._slot_freed = anyio.Event()
+            await self._slot_freed.wait()
+        self._free -= 1
+
+    def _give_slot(self) -> None:
+        self._free += 1
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+            self._slot_freed = None
+
+    def _wake_consumer(self) -> None:
+        if self._outcome_waiter is not None:
+            self._outcome_waiter.set()
+            self._outcome_waiter = None
 
     async def _run(self) -> None:
         try:
@@ -237,8 +270,9 @@ class _Engine:
                     self._creates = self._resume.prior_creates
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    with self._feed_scope:
-                        await self._feed(tg)
+                    async with anyio.create_task_group() as workers:
+                        for _ in range(self._workers):
+                            workers.start_soon(self._worker)
                     self._feeding = False
                     if self._undelivered:
                         await self._idle.wait()
@@ -253,33 +287,47 @@ class _Engine:
                         await self._resume.close()
                     except Exception as exc:  # noqa: BLE001 - containment: handed to the owner
                         self._fail(_as_journal_error(exc, "close the journal"))
-            self._send.close()
+            self._ended = True
+            self._wake_consumer()
             self._finished.set()
 
-    async def _feed(self, tg: anyio.abc.TaskGroup) -> None:
-        source = self._source
-        iterator = aiter(source) if isinstance(source, AsyncIterable) else _aiter_sync(source)
-        index = 0
-        while True:
-            item = _Item(index)
-            await acquire(self._slots, item)
+    async def _worker(self) -> None:
+        """Take a slot, read the next input, submit it; until the input ends or the batch stops.
+
+        A few of these (as many as creates may run at once) feed the batch: no task per item.
+        """
+        while self._fatal is None:
+            await self._take_slot()
+            if self._fatal is not None:
+                self._give_slot()
+                return
             try:
-                raw = await iterator.__anext__()
+                with anyio.CancelScope() as scope:
+                    self._read_scopes.add(scope)
+                    raw = await self._reader.next()
+                if scope.cancelled_caught:  # the batch stopped while this worker was reading
+                    self._give_slot()
+                    return
             except StopAsyncIteration:
-                self._slots.release_on_behalf_of(item)
+                self._give_slot()
                 return
             except Exception as exc:  # noqa: BLE001 - the user's input: theirs to hear, after the rest
-                self._slots.release_on_behalf_of(item)
-                logger.error("the input of the batch raised after %d items: %r", index, exc)
+                self._give_slot()
+                logger.error(
+                    "the input of the batch raised after %d items: %r", self._next_index, exc
+                )
                 self._fail(exc)
                 return
             except BaseException:
-                self._slots.release_on_behalf_of(item)
+                self._give_slot()
                 raise
-            self._items[index] = item
+            finally:
+                self._read_scopes.discard(scope)
+            item = _Item(self._next_index)
+            self._next_index += 1
+            self._items[item.index] = item
             self._undelivered += 1
-            tg.start_soon(self._submit, item, raw)
-            index += 1
+            await self._submit(item, raw)
 
     async def _submit(self, item: _Item, raw: Any) -> None:
         try:
@@ -529,10 +577,11 @@ class _Engine:
         self._undelivered -= 1
         self._runtime.count_outcome(outcome.ok)
         self._emit(EventKind.SUCCEEDED if outcome.ok else EventKind.FAILED, item, error=error)
-        try:
-            self._send.send_nowait(outcome)  # never blocks: the buffer holds max_in_flight
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
+        if self._closed:
             logger.debug("outcome of item %d dropped: the stream was closed", item.index)
+        else:
+            self._ready.append(outcome)  # bounded: every ready outcome holds one of the slots
+            self._wake_consumer()
         self._check_idle()
 
     def _skip(self, item: _Item) -> None:
@@ -542,7 +591,7 @@ class _Engine:
         item.delivered = True
         self._undelivered -= 1
         if self._items.pop(item.index, None) is not None:
-            self._slots.release_on_behalf_of(item)
+            self._give_slot()
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -587,17 +636,69 @@ def _as_journal_error(exc: BaseException, doing: str) -> BaseException:
     return error
 
 
-async def _aiter_sync(source: Iterable[Any]) -> AsyncIterator[Any]:
-    """A sync iterable as an async one; anything but an in-memory collection is read in a
-    worker thread, so a blocking input (a file, a pipe) never stalls the event loop."""
-    if isinstance(source, Collection):
-        for value in source:
-            yield value
-        return
-    iterator = iter(source)
-    done = object()
-    while True:
-        value = await anyio.to_thread.run_sync(next, iterator, done, abandon_on_cancel=True)
-        if value is done:
-            return
-        yield value
+class _InputReader:
+    """The batch's input, read by several workers, one item at a time.
+
+    An in-memory collection is iterated inline. Any other sync iterable (a file, a generator)
+    may block, so it is read on a worker thread, up to ``chunk`` items per trip (the read-ahead
+    is bounded). An async iterable is awaited under a lock (it cannot be read concurrently).
+    An error of the input is raised once the items read before it were handed out.
+    """
+
+    def __init__(self, source: RequestSource, *, chunk: int) -> None:
+        self._inline: Iterator[Any] | None = None
+        self._blocking: Iterator[Any] | None = None
+        self._async: AsyncIterator[Any] | None = None
+        if isinstance(source, AsyncIterable):
+            self._async = aiter(source)
+        elif isinstance(source, Collection):
+            self._inline = iter(source)
+        else:
+            self._blocking = iter(source)
+        self._chunk = max(1, chunk)
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._error: BaseException | None = None
+        self._done = False
+        self._lock = anyio.Lock(fast_acquire=True)
+
+    async def next(self) -> Any:
+        """The next input (``StopAsyncIteration`` at the end; the input's own error as is)."""
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._inline is not None:
+            try:
+                return next(self._inline)
+            except StopIteration:
+                raise StopAsyncIteration from None
+        async with self._lock:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            if self._async is not None:
+                return await self._async.__anext__()
+            assert self._blocking is not None
+            items, self._done, self._error = await anyio.to_thread.run_sync(
+                _read_chunk, self._blocking, self._chunk, abandon_on_cancel=True
+            )
+            self._buffer.extend(items)
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+
+
+def _read_chunk(iterator: Iterator[Any], size: int) -> tuple[list[Any], bool, BaseException | None]:
+    """Up to ``size`` items (runs on a worker thread): (items, exhausted, the input's error)."""
+    items: list[Any] = []
+    try:
+        for _ in range(size):
+            items.append(next(iterator))
+    except StopIteration:
+        return items, True, None
+    except Exception as exc:  # noqa: BLE001 - the user's input: raised to the consumer later
+        return items, True, exc
+    return items, False, None
