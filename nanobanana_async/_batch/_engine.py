@@ -154,7 +154,7 @@ class _Engine:
         # Slots: items read and not yet consumed. A counter and one event, not a limiter: the
         # hot path takes and gives a slot per item without a loop round-trip.
         self._free = options.max_in_flight
-        self._slot_freed: anyio.Event | None = None
+        self._slot_waiters: collections.deque[anyio.Event] = collections.deque()
         self._workers = max(
             1, min(options.max_in_flight, runtime.transport.limits.max_concurrent_creates)
         )
@@ -241,17 +241,25 @@ class _Engine:
             scope.cancel()
 
     async def _take_slot(self) -> None:
-        while self._free <= 0:
-            if self._slot_freed is None:
-                self._slot_freed = anyio.Event()
-            await self._slot_freed.wait()
-        self._free -= 1
+        if self._free > 0 and not self._slot_waiters:
+            self._free -= 1
+            return
+        waiter = anyio.Event()  # first come, first served: a freed slot wakes one worker
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter.wait()
+        except BaseException:
+            if waiter.is_set():  # handed a slot just as this worker was cancelled
+                self._give_slot()
+            else:
+                self._slot_waiters.remove(waiter)
+            raise
 
     def _give_slot(self) -> None:
-        self._free += 1
-        if self._slot_freed is not None:
-            self._slot_freed.set()
-            self._slot_freed = None
+        if self._slot_waiters:
+            self._slot_waiters.popleft().set()  # the slot passes straight to the waiter
+        else:
+            self._free += 1
 
     def _wake_consumer(self) -> None:
         if self._outcome_waiter is not None:
@@ -301,13 +309,17 @@ class _Engine:
             if self._fatal is not None:
                 self._give_slot()
                 return
+            scope = None
             try:
-                with anyio.CancelScope() as scope:
-                    self._read_scopes.add(scope)
+                if self._reader.inline:  # an in-memory collection: a read cannot block
                     raw = await self._reader.next()
-                if scope.cancelled_caught:  # the batch stopped while this worker was reading
-                    self._give_slot()
-                    return
+                else:
+                    with anyio.CancelScope() as scope:
+                        self._read_scopes.add(scope)
+                        raw = await self._reader.next()
+                    if scope.cancelled_caught:  # the batch stopped while this worker read
+                        self._give_slot()
+                        return
             except StopAsyncIteration:
                 self._give_slot()
                 return
@@ -322,7 +334,8 @@ class _Engine:
                 self._give_slot()
                 raise
             finally:
-                self._read_scopes.discard(scope)
+                if scope is not None:
+                    self._read_scopes.discard(scope)
             item = _Item(self._next_index)
             self._next_index += 1
             self._items[item.index] = item
@@ -660,6 +673,11 @@ class _InputReader:
         self._error: BaseException | None = None
         self._done = False
         self._lock = anyio.Lock(fast_acquire=True)
+
+    @property
+    def inline(self) -> bool:
+        """True for an in-memory collection: reading never blocks or awaits."""
+        return self._inline is not None
 
     async def next(self) -> Any:
         """The next input (``StopAsyncIteration`` at the end; the input's own error as is)."""

@@ -221,9 +221,17 @@ class AdaptiveRateLimiter:
         """The synchronous pacing state (for inspection and simulation)."""
         return self._core
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Read time from ``clock`` from now on (e.g. the running loop's ``time``)."""
+        self._clock = clock
+
     async def acquire(self) -> None:
         """Wait for a send slot; free (no wait) until the first 429 unless ``max_rate`` is set."""
         core = self._core
+        now = self._clock()
+        if core.fill_rate is None and now >= core.hold_until:
+            core.record_send(now)  # unpaced: no slot to reserve, only the send to count
+            return
         while True:
             now = self._clock()
             slot = core.reserve(now)

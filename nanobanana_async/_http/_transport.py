@@ -123,6 +123,7 @@ class Transport:
 
     async def open(self) -> None:
         """Create the aiohttp session (call from inside the event loop)."""
+        self.pacer.use_clock(asyncio.get_running_loop().time)  # no backend lookup per request
         connector = aiohttp.TCPConnector(
             limit=self.limits.max_connections,
             keepalive_timeout=self.limits.keepalive_timeout,
