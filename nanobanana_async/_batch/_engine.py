@@ -311,7 +311,7 @@ class _Engine:
                 return
             scope = None
             try:
-                if self._reader.inline:  # an in-memory collection: a read cannot block
+                if self._reader.ready:  # in memory or already read ahead: cannot block
                     raw = await self._reader.next()
                 else:
                     with anyio.CancelScope() as scope:
@@ -675,9 +675,9 @@ class _InputReader:
         self._lock = anyio.Lock(fast_acquire=True)
 
     @property
-    def inline(self) -> bool:
-        """True for an in-memory collection: reading never blocks or awaits."""
-        return self._inline is not None
+    def ready(self) -> bool:
+        """True when the next read cannot block (an in-memory input, or items read ahead)."""
+        return self._inline is not None or bool(self._buffer)
 
     async def next(self) -> Any:
         """The next input (``StopAsyncIteration`` at the end; the input's own error as is)."""

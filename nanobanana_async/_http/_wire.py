@@ -182,9 +182,67 @@ def _request_id(data: Mapping[str, Any]) -> Any:
     return data.get("id") if rid is None else rid
 
 
+_TICKET_URLS = ("status_url", "response_url", "cancel_url")
+_TICKET_KEYS = frozenset({"request_id", *_TICKET_URLS, "queue_position", "status"})
+
+
+def _plain_ticket(raw: Any) -> Ticket | None:
+    """The common create answer built directly (plain dict access), or None for cattrs to do."""
+    if type(raw) is not dict or not raw.keys() <= _TICKET_KEYS:
+        return None
+    rid = raw.get("request_id")
+    position = raw.get("queue_position")
+    if type(rid) is not str or not rid or not _usable_id(rid):
+        return None
+    if position is not None and type(position) is not int:
+        return None
+    status_url, response_url, cancel_url = (raw.get(name) for name in _TICKET_URLS)
+    for url in (status_url, response_url, cancel_url):
+        if url is not None and type(url) is not str:
+            return None
+    return Ticket(
+        rid,
+        status_url=status_url,
+        response_url=response_url,
+        cancel_url=cancel_url,
+        queue_position=position,
+    )
+
+
+_RESULT_KEYS = frozenset({"request_id", "outputs", "metadata"})
+_OUTPUT_STR_KEYS = frozenset({"type", "url", "text", "content_type", "file_name"})
+_OUTPUT_INT_KEYS = frozenset({"file_size", "width", "height"})
+
+
+def _plain_result(raw: dict[str, Any]) -> GenerationResult | None:
+    """The common success body built directly, or None for the general path."""
+    if not raw.keys() <= _RESULT_KEYS:
+        return None
+    rid, outputs, metadata = raw.get("request_id"), raw.get("outputs"), raw.get("metadata", {})
+    if type(rid) is not str or type(outputs) is not list or type(metadata) is not dict:
+        return None
+    parsed = []
+    for item in outputs:
+        if type(item) is not dict or type(item.get("type")) is not str:
+            return None
+        for key, value in item.items():
+            if value is None:
+                continue
+            if key in _OUTPUT_STR_KEYS:
+                if type(value) is not str:
+                    return None
+            elif key not in _OUTPUT_INT_KEYS or type(value) is not int:
+                return None
+        parsed.append(Output(**{k: v for k, v in item.items() if v is not None}))
+    return GenerationResult(rid, tuple(parsed), metadata)
+
+
 @_depth_guarded
 def parse_ticket(raw: Any) -> Ticket:
     """Parse a create response into a ``Ticket``."""
+    plain = _plain_ticket(raw)
+    if plain is not None:
+        return plain
     data = _mapping(raw, "create response")
     fields = {"request_id": _request_id(data)}
     for name in ("status_url", "response_url", "cancel_url", "queue_position"):
@@ -296,6 +354,9 @@ def parse_response(status_code: int, raw: Any) -> GenerationResult | TaskStatus:
     data = _mapping(raw, "result response")
     if status_code == 202 or _is_status_shaped(data):
         return parse_status(data)
+    plain = _plain_result(data)
+    if plain is not None:
+        return plain
     outputs = data.get("outputs")
     if outputs is None:
         outputs = data.get("images", [])  # Gemini-style passthrough
