@@ -7,12 +7,14 @@ whose HTTP client disconnects stops waiting, and its task is cancelled on the se
 """
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from nanobanana_async import (
@@ -96,6 +98,48 @@ async def generate(body: GenerateBody, request: Request) -> dict[str, object]:
         "images": [image.url for image in result.images],
         "text": result.text,
     }
+
+
+@app.post("/generate/events")
+async def generate_events(body: GenerateBody, request: Request) -> StreamingResponse:
+    """The task's progress as server-sent events (``status`` ...), then ``result`` or ``error``.
+
+    A browser reads it with ``fetch`` + a stream reader (or EventSource on a GET variant).
+    The updates come from the SDK's own polls: following a task costs no extra requests.
+    """
+    client: Client = request.app.state.client
+    try:
+        req = GenerationRequest(
+            body.prompt, aspect_ratio=body.aspect_ratio, image_size=body.image_size
+        )
+        job = await client.submit(req)
+    except NanoBananaError as exc:
+        raise HTTPException(http_status(exc), str(exc)) from None
+
+    def event(name: str, data: dict[str, object]) -> str:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+    async def stream() -> AsyncIterator[str]:
+        async with job.updates() as updates:
+            async for status in updates:
+                yield event(
+                    "status",
+                    {
+                        "state": status.state.value,
+                        "queue_position": status.queue_position,
+                        "progress": status.progress,
+                        "logs": [log.message for log in status.logs],
+                    },
+                )
+        try:
+            result = await job.result(timeout=GENERATE_TIMEOUT)
+        except NanoBananaError as exc:
+            yield event("error", {"status": http_status(exc), "message": str(exc)})
+            return
+        images = [image.url for image in result.images]
+        yield event("result", {"request_id": result.request_id, "images": images})
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
 
 
 @app.get("/health")

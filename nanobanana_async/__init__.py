@@ -11,6 +11,7 @@ from ._http._retry import RetryPolicy
 from ._http._transport import HttpEvent
 from ._jobs import Job
 from ._polling._policy import PollPolicy
+from ._runtime import TaskUpdates
 from ._version import __version__
 from .download import DownloadedFile, Downloader, DownloadError
 from .errors import (
@@ -79,6 +80,7 @@ __all__ = [
     "PollPolicy",
     "RetryPolicy",
     "TaskRetry",
+    "TaskUpdates",
     "Timeout",
     "APIStatusError",
     "AspectRatio",

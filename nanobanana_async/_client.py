@@ -257,11 +257,14 @@ class Client:
         timeout: float | None = None,
         cancel_on_abandon: bool | None = None,
         task_retry: TaskRetry | None = None,
+        on_update: Callable[[TaskStatus], None] | None = None,
     ) -> GenerationResult:
         """Submit a task and wait for its result (cancelled remotely if abandoned).
 
         ``timeout`` bounds each attempt's wait. With ``task_retry`` (or the client's), a task
         that failed in a way it covers is created again (each attempt is a new paid task).
+        ``on_update`` is called with each status change (queue position, progress, logs) that
+        the scheduler's polls see: no extra requests.
         """
         _check_timeout(timeout)
         if task_retry is not None and not isinstance(task_retry, TaskRetry):
@@ -271,7 +274,9 @@ class Client:
         while True:
             job = await self.submit(request)
             try:
-                return await job.result(timeout=timeout, cancel_on_abandon=cancel_on_abandon)
+                return await job.result(
+                    timeout=timeout, cancel_on_abandon=cancel_on_abandon, on_update=on_update
+                )
             except TaskFailedError as exc:
                 if retry is None or not retry.should_retry(exc, attempt):
                     raise

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import ValidationError
 from .models import GenerationResult, TaskStatus, Ticket
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from ._polling._entry import TaskEntry
+    from ._runtime import Runtime, TaskUpdates
 
 __all__ = ["Job"]
 
@@ -17,7 +18,7 @@ __all__ = ["Job"]
 class Job:
     """A task on the service: ``await job`` (or ``job.result()``) for its result."""
 
-    __slots__ = ("_cancel_on_abandon", "_expect_image", "_runtime", "ticket")
+    __slots__ = ("_cancel_on_abandon", "_expect_image", "_known", "_runtime", "ticket")
 
     def __init__(
         self,
@@ -29,6 +30,7 @@ class Job:
         self._runtime = runtime
         self._cancel_on_abandon = cancel_on_abandon
         self._expect_image = expect_image
+        self._known: TaskEntry | None = None  # the entry a finished ``updates()`` followed
         self.ticket = ticket
 
     @property
@@ -43,8 +45,23 @@ class Job:
         """Fetch the task's current status (one request)."""
         return await self._runtime.fetch_status(self.ticket)
 
+    def updates(self) -> TaskUpdates:
+        """Follow the task's status changes (state, queue position, progress, logs).
+
+        ``async with job.updates() as updates: async for status in updates: ...`` — fed by the
+        scheduler's own polls (no extra requests), ending with the final status; then
+        ``await job.result()`` returns at once.
+        """
+        updates = self._runtime.updates(self.ticket, expect_image=self._expect_image)
+        self._known = updates.entry
+        return updates
+
     async def result(
-        self, *, timeout: float | None = None, cancel_on_abandon: bool | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        cancel_on_abandon: bool | None = None,
+        on_update: Callable[[TaskStatus], None] | None = None,
     ) -> GenerationResult:
         """Wait for the task to finish and return its result.
 
@@ -52,10 +69,13 @@ class Job:
         (``NoImageError`` when it asked for images and none came back),
         and ``RequestTimeoutError`` after ``timeout`` seconds. If the wait is cancelled or times
         out, and no one else waits for the task, it is cancelled on the service too, unless
-        ``cancel_on_abandon=False``.
+        ``cancel_on_abandon=False``. ``on_update`` is called with each status change the
+        polls see (queue position, progress, logs; a raising callback is logged, not raised).
         """
         if timeout is not None and not timeout > 0:
             raise ValidationError("timeout", timeout, "must be > 0 seconds or None")
+        if on_update is not None and not callable(on_update):
+            raise ValidationError("on_update", on_update, "must be a callable or None")
         if cancel_on_abandon is not None and not isinstance(cancel_on_abandon, bool):
             raise ValidationError("cancel_on_abandon", cancel_on_abandon, "must be a bool or None")
         cancel = self._cancel_on_abandon if cancel_on_abandon is None else cancel_on_abandon
@@ -64,6 +84,8 @@ class Job:
             timeout=timeout,
             cancel_on_abandon=cancel,
             expect_image=self._expect_image,
+            on_update=on_update,
+            known=self._known,
         )
 
     async def cancel(self) -> bool:

@@ -9,6 +9,8 @@ take the shared client down.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,11 +31,12 @@ from .errors import (
     NanoBananaError,
     ProtocolError,
     SubmissionUnknownError,
+    TaskCancelledError,
 )
 from .errors import TimeoutError as SDKTimeoutError
-from .models import GenerationRequest, GenerationResult, TaskStatus, Ticket
+from .models import GenerationRequest, GenerationResult, TaskState, TaskStatus, Ticket
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "TaskUpdates"]
 
 logger = logging.getLogger("nanobanana_async")
 # The cancel route's answers: 202 accepted; 400 already finished (nothing to cancel).
@@ -221,16 +224,34 @@ class Runtime:
         timeout: float | None,
         cancel_on_abandon: bool,
         expect_image: bool | None = None,
+        on_update: Callable[[TaskStatus], None] | None = None,
+        known: TaskEntry | None = None,
     ) -> GenerationResult:
-        """Wait for a task's outcome; the last waiter to give up stops it (and cancels it)."""
+        """Wait for a task's outcome; the last waiter to give up stops it (and cancels it).
+
+        ``on_update`` is called with each status change the scheduler's polls see (no extra
+        requests). ``known``: an entry of this task that may have finished already.
+        """
         scheduler = self.scheduler
+        if known is not None and known.done:
+            return unwrap(known)
         entry = scheduler.watch(ticket, expect_image=expect_image)
         entry.waiters += 1
+        observer = None
+        if on_update is not None:
+            callback = on_update
+
+            def observer(_: TaskEntry, status: TaskStatus) -> None:
+                callback(status)
+
+            entry.observers.append(observer)
         try:
             with anyio.fail_after(timeout):
                 await scheduler.outcome(entry)
         except BaseException as exc:
             entry.waiters -= 1
+            if observer is not None and observer in entry.observers:
+                entry.observers.remove(observer)
             if entry.live and not entry.wanted:
                 await self.release([entry], cancel_remote=cancel_on_abandon)
             if type(exc) is TimeoutError:  # anyio's deadline, not one of ours
@@ -241,6 +262,10 @@ class Runtime:
             raise
         entry.waiters -= 1
         return unwrap(entry)
+
+    def updates(self, ticket: Ticket, *, expect_image: bool | None) -> TaskUpdates:
+        """Follow a task's status changes, fed by the scheduler's polls."""
+        return TaskUpdates(self.scheduler, self.scheduler.watch(ticket, expect_image=expect_image))
 
     async def release(self, entries: Iterable[TaskEntry], *, cancel_remote: bool) -> None:
         """Stop polling tasks nobody wants any more; cancel them on the service if asked."""
@@ -334,3 +359,101 @@ class Runtime:
             "finished": s.finished if s else 0,
             "task_retries": self.task_retries,
         }
+
+
+class TaskUpdates:
+    """A task's status changes as the scheduler's polls see them, ending with its final status.
+
+    ``async with job.updates() as updates: async for status in updates: ...``. No extra request
+    is sent: the same polls that wait for the result feed it. While open it counts as someone
+    waiting for the task (it is polled); closing it early cancels nothing on the service. A
+    slow reader sees the latest changes (the buffer keeps the last 64).
+    """
+
+    def __init__(self, scheduler: PollScheduler, entry: TaskEntry) -> None:
+        self._scheduler = scheduler
+        self._entry = entry
+        self._queue: collections.deque[TaskStatus] = collections.deque(maxlen=64)
+        self._waiter: anyio.Event | None = None
+        self._ended = False
+        self._closed = False
+        entry.waiters += 1
+        entry.observers.append(self._on_status)
+        entry.listeners.append(self._on_done)
+        self._queue.append(
+            TaskStatus(entry.state, entry.request_id, queue_position=entry.queue_position)
+        )
+
+    @property
+    def entry(self) -> TaskEntry:
+        """The scheduler's entry of the task (its outcome once the updates ended)."""
+        return self._entry
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    def _on_status(self, entry: TaskEntry, status: TaskStatus) -> None:
+        if not status.state.done:  # the final status comes from the outcome, once
+            self._queue.append(status)
+            self._wake()
+
+    def _on_done(self, entry: TaskEntry) -> None:
+        self._queue.append(final_status(entry))
+        self._ended = True
+        self._wake()
+
+    def __aiter__(self) -> TaskUpdates:
+        return self
+
+    async def __anext__(self) -> TaskStatus:
+        while not self._queue and not self._ended and not self._closed:
+            if not self._entry.live and not self._entry.done:  # dropped under us (closed)
+                break
+            self._waiter = anyio.Event()
+            await self._waiter.wait()
+        if self._queue and not self._closed:
+            return self._queue.popleft()
+        self.close()
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        """Stop following (the task is no longer polled for this reader; nothing is cancelled)."""
+        if self._closed:
+            return
+        self._closed = True
+        entry = self._entry
+        entry.waiters -= 1
+        if self._on_status in entry.observers:
+            entry.observers.remove(self._on_status)
+        if self._on_done in entry.listeners:
+            entry.listeners.remove(self._on_done)
+        if entry.live and not entry.wanted:
+            self._scheduler.drop(entry)
+        self._wake()
+
+    async def aclose(self) -> None:
+        """Same as ``close``, for ``async with`` and ``contextlib.aclosing``."""
+        self.close()
+
+    async def __aenter__(self) -> TaskUpdates:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            with contextlib.suppress(Exception):
+                self.close()
+
+
+def final_status(entry: TaskEntry) -> TaskStatus:
+    """The status a finished entry ended in, built from its outcome."""
+    outcome = entry.outcome
+    if isinstance(outcome, GenerationResult):
+        return TaskStatus(TaskState.SUCCEEDED, entry.request_id)
+    state = TaskState.CANCELLED if isinstance(outcome, TaskCancelledError) else TaskState.FAILED
+    error_type = getattr(outcome, "error_type", None) or type(outcome).__name__
+    return TaskStatus(state, entry.request_id, error_type=error_type, error_message=str(outcome))

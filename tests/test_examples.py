@@ -82,6 +82,22 @@ async def test_fastapi_app(emulator_env: Emulator) -> None:
             assert blocked.status_code == 422 and "CONTENT_BLOCKED" in blocked.text
             bad = await http.post("/generate", json={"prompt": "x", "aspect_ratio": "7:5"})
             assert bad.status_code == 422 and "aspect_ratio" in bad.text
+            events = await http.post("/generate/events", json={"prompt": "a banana"})
+            assert events.status_code == 200
+            assert events.headers["content-type"].startswith("text/event-stream")
+            parsed = [
+                (
+                    block.split("\n")[0].removeprefix("event: "),
+                    json.loads(block.split("data: ", 1)[1]),
+                )
+                for block in events.text.strip().split("\n\n")
+            ]
+            names = [name for name, _ in parsed]
+            assert names[-1] == "result" and names[:-1] and set(names[:-1]) == {"status"}
+            assert parsed[-2][1]["state"] == "SUCCEEDED"
+            assert parsed[-1][1]["request_id"] in emulator_env.stats.tasks
+            refused = await http.post("/generate/events", json={"prompt": "a [blocked] banana"})
+            assert refused.text.rstrip().split("\n\n")[-1].startswith("event: error")
 
 
 async def test_aiohttp_app(emulator_env: Emulator) -> None:

@@ -61,6 +61,8 @@ class TaskEntry:
     errors: int = 0
     state: TaskState = TaskState.IN_QUEUE
     queue_position: int | None = None
+    progress: float | None = None
+    logs_seen: int = 0
     started_at: float | None = None
     last_poll_at: float | None = None
     last_pending_at: float | None = None

@@ -281,15 +281,22 @@ class PollScheduler:
         if self._entries.get(entry.request_id) is entry:
             del self._entries[entry.request_id]
 
-    async def abandon(self, entry: TaskEntry, *, wait: float = 5.0) -> None:
-        """Stop polling a task nobody wants; cancel its poll in flight and see it end."""
+    def drop(self, entry: TaskEntry) -> bool:
+        """Stop polling a task nobody wants and cancel its poll in flight (without waiting)."""
         if not entry.move(Phase.ABANDONED):
-            return
+            return False
         self._forget(entry)
         entry.listeners = []
         entry.observers = []
         if entry.poll_scope is not None:
             entry.poll_scope.cancel()
+        return True
+
+    async def abandon(self, entry: TaskEntry, *, wait: float = 5.0) -> None:
+        """Stop polling a task nobody wants; cancel its poll in flight and see it end."""
+        if not self.drop(entry):
+            return
+        if entry.poll_scope is not None:
             entry.poll_done = done = entry.poll_done or anyio.Event()
             with anyio.move_on_after(wait, shield=True):
                 await done.wait()
@@ -477,9 +484,16 @@ class PollScheduler:
         now = self._clock.now()
         if status.state is TaskState.IN_PROGRESS and entry.started_at is None:
             entry.started_at = now
-        changed = status.state is not entry.state or status.queue_position != entry.queue_position
+        changed = (
+            status.state is not entry.state
+            or status.queue_position != entry.queue_position
+            or status.progress != entry.progress
+            or len(status.logs) != entry.logs_seen
+        )
         entry.state = status.state
         entry.queue_position = status.queue_position
+        entry.progress = status.progress
+        entry.logs_seen = len(status.logs)
         if changed or entry.polls == 1:
             for observer in entry.observers:
                 try:
