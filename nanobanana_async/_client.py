@@ -6,12 +6,14 @@ import enum
 import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import anyio
 import attrs
 
@@ -19,7 +21,7 @@ from ._batch._engine import BatchStream
 from ._batch._types import DEFAULT_MAX_IN_FLIGHT, BatchOptions, RequestSource, as_request
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, TaskRetry, Timeout
 from ._http._retry import DEFAULT_RETRY, RetryPolicy
-from ._http._transport import HttpEvent, Transport
+from ._http._transport import HttpEvent, transport_class
 from ._jobs import Job
 from ._polling._policy import PollPolicy
 from ._runtime import Runtime
@@ -110,6 +112,20 @@ class Client:
     ``cancel_on_abandon=False``. ``hooks`` are called with an ``HttpEvent`` after every HTTP
     exchange (for your logging; never carries the key; a hook that raises is logged and
     ignored). ``seed`` makes the jitter reproducible (tests).
+
+    Network settings, named as in ``aiohttp.ClientSession``, apply to API calls and downloads
+    alike unless noted. ``proxy``: an ``http(s)://[user:pass@]host:port`` proxy; refused
+    with an ``http://`` base_url, since only an https API is tunnelled (CONNECT) so that the
+    proxy never sees the key. ``trust_env``: take proxies from ``HTTPS_PROXY``/``HTTP_PROXY``/
+    ``NO_PROXY`` (the API's is resolved once when the client opens; downloads follow aiohttp's
+    per-URL rules). ``ssl``: an ``ssl.SSLContext`` (CA bundle, client certificate), or False to
+    skip verification (logged as a warning). ``headers``: extra headers for the API origin
+    only, never the CDN (not Authorization, Host, Content-Length, Content-Type,
+    Transfer-Encoding, Connection or Proxy-Authorization; no CR/LF). ``connector``: your own
+    ``aiohttp.BaseConnector``, used as is and never closed by the client; then
+    ``limits.max_connections``/``keepalive_timeout`` and ``ssl`` are your connector's
+    business. ``tracing``: OpenTelemetry spans and metrics (needs the ``otel`` extra; see the
+    deploying guide); the key and prompts are never recorded.
     """
 
     def __init__(
@@ -127,6 +143,12 @@ class Client:
         task_retry: TaskRetry | None = None,
         hooks: Sequence[Callable[[HttpEvent], None]] = (),
         seed: int | None = None,
+        proxy: str | None = None,
+        trust_env: bool = False,
+        ssl: SSLContext | bool = True,
+        headers: Mapping[str, str] | None = None,
+        connector: aiohttp.BaseConnector | None = None,
+        tracing: bool = False,
     ) -> None:
         if not isinstance(model, str) or not _MODEL_ID.match(model):
             raise ValidationError("model", model, "is not a model id", "e.g. nano_banana_pro")
@@ -148,7 +170,7 @@ class Client:
             if not callable(hook):
                 raise ValidationError("hooks", hook, "must be callables taking an HttpEvent")
         rng = random.Random(seed)
-        transport = Transport(
+        transport = transport_class(tracing)(
             api_key=_resolve_key(api_key, api_key_file),
             base_url=_check_base_url(base_url),
             model=model,
@@ -157,6 +179,11 @@ class Client:
             limits=limits,
             hooks=hooks,
             rng=rng,
+            proxy=proxy,
+            trust_env=trust_env,
+            ssl=ssl,
+            headers=headers,
+            connector=connector,
         )
         self.poll_policy = poll or PollPolicy()
         self.cancel_on_abandon = cancel_on_abandon

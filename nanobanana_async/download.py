@@ -14,7 +14,7 @@ import pathlib
 import re
 import secrets
 from functools import partial
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -153,9 +153,16 @@ class Downloader:
         self.chunk_size = chunk_size
         self._limiter = anyio.CapacityLimiter(max_concurrent)
 
-    def _session(self) -> aiohttp.ClientSession:
+    def _session(self, url: str) -> tuple[aiohttp.ClientSession, dict[str, Any]]:
+        """The client's download session and the keyword arguments this download passes.
+
+        That session shares the client's connector (so its ``ssl`` and pool) and applies its
+        ``trust_env``; it carries neither the key nor the client's ``headers=``, which go to
+        the API origin only. An explicit ``proxy=`` is passed per request.
+        """
+        runtime = self._client._runtime
         try:
-            return self._client._runtime.download_session()
+            return runtime.download_session(), runtime.transport.download_proxy(url)
         except (RuntimeError, ClientStateError):
             raise ClientStateError("downloads need an open Client") from None
 
@@ -221,12 +228,14 @@ class Downloader:
             await anyio.to_thread.run_sync(partial(self.out_dir.mkdir, parents=True, exist_ok=True))
         except OSError as exc:
             raise DownloadError(url, f"cannot create {self.out_dir}: {exc.strerror}") from None
+        session, proxy = self._session(url)
         try:
-            async with self._session().get(
+            async with session.get(
                 url,
                 headers=self._headers(),
                 allow_redirects=True,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
+                **proxy,
             ) as resp:
                 content_type = self._check_response(url, resp)
                 kind = output.content_type or content_type

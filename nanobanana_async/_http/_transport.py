@@ -1,20 +1,31 @@
-"""HTTP transport: one aiohttp session, auth pinned to one origin, timeouts, retries, logging."""
+"""HTTP transport: aiohttp sessions, auth pinned to one origin, timeouts, retries, logging.
+
+Network settings (proxy, environment proxies, TLS, extra headers, a user connector) are checked
+here when the ``Client`` is built and turned into sessions once, in ``open()``: a request costs
+the same whether or not any of them is set.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import json
 import logging
 import random
+import re
+import ssl as _ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from typing import Any, Literal, NoReturn
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import anyio
 import attrs
+from yarl import URL
 
 from .._config import Limits, Timeout
 from .._version import __version__
@@ -35,7 +46,7 @@ from ..errors import (
 from ._pacer import AdaptiveRateLimiter
 from ._retry import RetryPolicy, may_retry_create
 
-__all__ = ["HttpEvent", "Response", "Transport"]
+__all__ = ["HttpEvent", "Response", "Transport", "transport_class"]
 
 logger = logging.getLogger("nanobanana_async")
 USER_AGENT = f"nanobanana-async/{__version__}"
@@ -83,8 +94,20 @@ def origin_of(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+_RequestFunc = Callable[..., AbstractAsyncContextManager[aiohttp.ClientResponse]]
+
+
+def _not_open(*_: Any, **__: Any) -> NoReturn:
+    raise RuntimeError("transport is not open")
+
+
 class Transport:
-    """Owns the aiohttp session; sends API requests with auth, retries and a per-call deadline."""
+    """Owns the aiohttp sessions; sends API requests with auth, retries and a per-call deadline.
+
+    Two sessions share one connector (one pool, one TLS setting): the API session, which sends
+    the key and the user's ``headers`` to the API origin only, and the download session
+    (``session``), which sends neither.
+    """
 
     def __init__(
         self,
@@ -98,6 +121,11 @@ class Transport:
         hooks: Sequence[Callable[[HttpEvent], None]] = (),
         rng: random.Random | None = None,
         max_rate: float | None = None,
+        proxy: str | URL | None = None,
+        trust_env: bool = False,
+        ssl: _ssl.SSLContext | bool = True,
+        headers: Mapping[str, str] | None = None,
+        connector: aiohttp.BaseConnector | None = None,
     ) -> None:
         self._auth = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
@@ -109,10 +137,22 @@ class Transport:
         self._rng = rng or random.Random()
         self._origin = origin_of(self.base_url)
         self._api_prefix = self.base_url + "/"
-        self._api_headers = {"Accept": "application/json", "Authorization": self._auth}
+        if not isinstance(trust_env, bool):
+            raise ValidationError("trust_env", trust_env, "must be True or False")
+        self.trust_env = trust_env
+        self.proxy, self._proxy_credentials = _check_proxy(proxy, self._origin[0])
+        self.ssl = _check_ssl(ssl, connector)
+        self._connector = _check_connector(connector)
+        extra = _check_headers(headers)
+        given = {name.lower() for name in extra}
+        defaults = {k: v for k, v in _PLAIN_HEADERS.items() if k.lower() not in given}
+        # The user's headers go to the API origin only, with the key: never to a CDN.
+        self._api_headers = {**defaults, **extra, "Authorization": self._auth}
         self._queue_url = f"{self.base_url}/v1/queue/{quote(model, safe='')}"
         self._warned_foreign = False
         self._session: aiohttp.ClientSession | None = None
+        self._download_session: aiohttp.ClientSession | None = None
+        self._http: _RequestFunc = _not_open
         self.requests_sent = 0
         self.rate_limited = 0
         # One pacer for every request of the client: creates and polls share the account's limit.
@@ -122,34 +162,101 @@ class Transport:
         return f"<Transport {self.base_url!r} model={self.model!r}>"
 
     async def open(self) -> None:
-        """Create the aiohttp session (call from inside the event loop)."""
+        """Create the sessions (call from inside the event loop).
+
+        Everything about the network is decided here, once: which proxy the API goes through
+        (``proxy``, or with ``trust_env`` the environment's, resolved now), the connector, TLS.
+        Raises ``ValidationError`` before any request if the environment would send the key
+        in clear through a proxy.
+        """
         self.pacer.use_clock(asyncio.get_running_loop().time)  # no backend lookup per request
-        connector = aiohttp.TCPConnector(
+        proxy = self.proxy
+        proxy_headers = _basic(self._proxy_credentials)
+        if proxy is None and self.trust_env:
+            proxy, proxy_headers = await anyio.to_thread.run_sync(_env_proxy, self.base_url)
+            if proxy is not None and self._origin[0] != "https":
+                raise ValidationError(
+                    "trust_env",
+                    True,
+                    f"the environment sends the {self._origin[0]}:// API through a proxy "
+                    f"({_redact_userinfo(str(proxy))}), which would see the API key in clear",
+                    "an https:// base_url, or the API host in NO_PROXY",
+                )
+        if self.ssl is False:
+            logger.warning(
+                "TLS certificate verification is off (ssl=False): anyone on the network path "
+                "can impersonate the API and read the API key"
+            )
+        owned = self._connector is None
+        connector = self._connector or aiohttp.TCPConnector(
             limit=self.limits.max_connections,
             keepalive_timeout=self.limits.keepalive_timeout,
+            ssl=self.ssl,
         )
-        self._session = aiohttp.ClientSession(
+        timeout = aiohttp.ClientTimeout(
+            total=self.timeout.deadline,
+            connect=self.timeout.connect,
+            sock_read=self.timeout.read,
+        )
+        # The API session never reads the environment: its proxy was resolved above, and
+        # aiohttp's trust_env would look up ~/.netrc and the proxy variables on every request.
+        self._session = api = aiohttp.ClientSession(
             connector=connector,
+            connector_owner=owned,
             headers={"User-Agent": USER_AGENT},
-            timeout=aiohttp.ClientTimeout(
-                total=self.timeout.deadline,
-                connect=self.timeout.connect,
-                sock_read=self.timeout.read,
-            ),
+            timeout=timeout,
+        )
+        # Downloads (other origins, no key) follow aiohttp's own trust_env rules per URL.
+        self._download_session = aiohttp.ClientSession(
+            connector=connector,
+            connector_owner=False,
+            headers={"User-Agent": USER_AGENT},
+            timeout=timeout,
+            trust_env=self.trust_env,
+        )
+        self._http = (
+            api.request
+            if proxy is None
+            else partial(api.request, proxy=proxy, proxy_headers=proxy_headers)
         )
 
     async def close(self) -> None:
-        """Close the session and its connections."""
+        """Close the sessions, and the connector unless it is the user's."""
+        self._http = _not_open
+        downloads, self._download_session = self._download_session, None
+        if downloads is not None:
+            await downloads.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The open session (for downloads); raises if the transport is closed."""
-        if self._session is None:
+        """The open download session (no key, no user headers); raises if the transport is
+        closed. Pass ``download_proxy(url)`` with each request: an explicit ``proxy`` applies
+        to downloads too.
+        """
+        if self._download_session is None:
             raise RuntimeError("transport is not open")
-        return self._session
+        return self._download_session
+
+    def download_proxy(self, url: str) -> dict[str, Any]:
+        """Keyword arguments for one download request: the explicit ``proxy``, if one is set."""
+        if self.proxy is None:
+            return {}
+        if self._proxy_credentials is None:
+            return {"proxy": self.proxy}
+        if url[:6].lower() == "https:":
+            # The proxy authenticates the CONNECT, which is where aiohttp sends proxy_headers.
+            return {"proxy": self.proxy, "proxy_headers": _basic(self._proxy_credentials)}
+        # A plain-http request must carry the credentials itself; aiohttp does that only for
+        # proxy_auth (deprecated in 3.14, yet proxy_headers still go on CONNECTs alone).
+        return {"proxy": self.proxy, "proxy_auth": aiohttp.BasicAuth(*self._proxy_credentials)}
+
+    def task_end_hook(self) -> Callable[[Any], None] | None:
+        """What the poll scheduler calls with a ``TaskEntry`` when it leaves the live phases
+        (finished or abandoned); None when nothing listens (tracing off)."""
+        return None
 
     # -- URLs -------------------------------------------------------------------------------
 
@@ -279,7 +386,7 @@ class Transport:
         error_text: str | None = None
         self.requests_sent += 1
         try:
-            async with self.session.request(
+            async with self._http(
                 method, url, json=json_body, headers=headers, allow_redirects=False
             ) as resp:
                 status = resp.status
@@ -346,6 +453,148 @@ class Transport:
 
 
 _PLAIN_HEADERS = {"Accept": "application/json"}
+# Headers the SDK sets itself (or that belong to the proxy): never taken from ``headers=``.
+_RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+    }
+)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_PROXY_ALLOWED = "None, or an http:// or https:// proxy URL such as http://proxy.internal:3128"
+
+
+def transport_class(tracing: object) -> type[Transport]:
+    """``Transport``, or with ``tracing=True`` its OpenTelemetry subclass (the ``otel`` extra)."""
+    if tracing is False:
+        return Transport
+    if tracing is not True:
+        raise ValidationError("tracing", tracing, "must be True or False")
+    try:
+        from ._otel import TracedTransport
+    except ImportError:
+        raise ValidationError(
+            "tracing",
+            True,
+            "needs OpenTelemetry, which is not installed",
+            "pip install 'nanobanana-async[otel]'",
+        ) from None
+    return TracedTransport
+
+
+def _redact_userinfo(url: str) -> str:
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^@/?#]*@", r"\1***@", url)
+
+
+def _check_proxy(proxy: object, api_scheme: str) -> tuple[URL | None, tuple[str, str] | None]:
+    """The proxy URL without its credentials, and those credentials."""
+    if proxy is None:
+        return None, None
+    if isinstance(proxy, URL):
+        proxy = str(proxy)
+    if not isinstance(proxy, str):
+        raise ValidationError("proxy", proxy, "is not a URL", _PROXY_ALLOWED)
+    shown = _redact_userinfo(proxy)
+    try:
+        url = URL(proxy)
+        port = url.port
+    except (ValueError, TypeError):
+        raise ValidationError("proxy", shown, "is not a valid URL", _PROXY_ALLOWED) from None
+    if url.scheme not in ("http", "https") or not url.host or port is None:
+        raise ValidationError("proxy", shown, "is not an http(s) proxy URL", _PROXY_ALLOWED)
+    if url.path not in ("", "/") or url.query_string or url.fragment or re.search(r"\s", proxy):
+        raise ValidationError("proxy", shown, "must name only a host and port", _PROXY_ALLOWED)
+    if api_scheme != "https":
+        # A proxy sees a plain-http request whole, Authorization header included; only a
+        # CONNECT tunnel to an https API keeps the key from it.
+        raise ValidationError(
+            "proxy",
+            shown,
+            "would see the API key in clear: the API base_url is not https://",
+            "an https:// base_url (the proxy then sees only an encrypted CONNECT tunnel)",
+        )
+    return url.with_user(None), ((url.user, url.password or "") if url.user else None)
+
+
+def _check_ssl(value: object, connector: object) -> _ssl.SSLContext | bool:
+    if not (isinstance(value, _ssl.SSLContext) or value is True or value is False):
+        raise ValidationError(
+            "ssl",
+            value,
+            "is not a TLS setting",
+            "an ssl.SSLContext, True (verify with the default CAs) or False (no verification)",
+        )
+    if connector is not None and value is not True:
+        raise ValidationError(
+            "ssl",
+            value,
+            "cannot be combined with connector=: set it on your connector",
+            "aiohttp.TCPConnector(ssl=...)",
+        )
+    return value
+
+
+def _check_connector(connector: object) -> aiohttp.BaseConnector | None:
+    if connector is None:
+        return None
+    if not isinstance(connector, aiohttp.BaseConnector):
+        raise ValidationError(
+            "connector", connector, "is not an aiohttp connector", "an aiohttp.BaseConnector"
+        )
+    if connector.closed:
+        raise ValidationError("connector", connector, "is closed", "an open aiohttp.BaseConnector")
+    return connector
+
+
+def _check_headers(headers: object) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise ValidationError("headers", headers, "must be a mapping of names to values")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        # Values are never shown in errors: a header may carry a gateway secret.
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise ValidationError("headers", name, "is not a valid header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValidationError(
+                "headers",
+                name,
+                "is set by the SDK (or belongs to the proxy) and cannot be given",
+                "any other header, e.g. X-Request-Source or traceparent",
+            )
+        if not isinstance(value, str) or any(ch in value for ch in "\r\n\0"):
+            raise ValidationError(
+                "headers", name, "must have a str value without CR, LF or NUL characters"
+            )
+        checked[name] = value
+    return checked
+
+
+def _basic(credentials: tuple[str, str] | None) -> dict[str, str] | None:
+    """``Proxy-Authorization`` for the proxy's own credentials (never the API key)."""
+    if credentials is None:
+        return None
+    token = base64.b64encode(":".join(credentials).encode()).decode("ascii")
+    return {"Proxy-Authorization": f"Basic {token}"}
+
+
+def _env_proxy(url: str) -> tuple[URL | None, dict[str, str] | None]:
+    """The proxy the environment gives ``url`` (aiohttp's rules: *_PROXY, NO_PROXY, .netrc)."""
+    from aiohttp.helpers import get_env_proxy_for_url
+
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+    return proxy, (_basic((auth.login, auth.password)) if auth is not None else None)
+
+
 _ALL_ERRORS = 300  # an ok_statuses set this large covers every non-2xx status
 
 
