@@ -21,6 +21,7 @@ from ._batch._engine import BatchStream
 from ._batch._types import DEFAULT_MAX_IN_FLIGHT, BatchOptions, RequestSource, as_request
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, TaskRetry, Timeout
 from ._http._retry import DEFAULT_RETRY, RetryPolicy
+from ._http._shared import RateLimit, make_pacer
 from ._http._transport import HttpEvent, transport_class
 from ._jobs import Job
 from ._polling._policy import PollPolicy
@@ -126,6 +127,13 @@ class Client:
     ``limits.max_connections``/``keepalive_timeout`` and ``ssl`` are your connector's
     business. ``tracing``: OpenTelemetry spans and metrics (needs the ``otel`` extra; see the
     deploying guide); the key and prompts are never recorded.
+
+    ``rate_limit``: the rate budget every request (creates and polls) draws from. None (the
+    default) learns the account's limit from 429s in this client alone. A Redis URL
+    (``"redis://host:6379/0"``, needs the ``redis`` extra) or a ``RedisRateLimit`` shares one
+    budget, its learned rate and its Retry-After holds with every client of the same key and
+    base URL, in any process on any machine; if Redis fails the client paces alone and logs one
+    warning (see the scaling guide).
     """
 
     def __init__(
@@ -149,6 +157,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         connector: aiohttp.BaseConnector | None = None,
         tracing: bool = False,
+        rate_limit: RateLimit | str | None = None,
     ) -> None:
         if not isinstance(model, str) or not _MODEL_ID.match(model):
             raise ValidationError("model", model, "is not a model id", "e.g. nano_banana_pro")
@@ -170,9 +179,10 @@ class Client:
             if not callable(hook):
                 raise ValidationError("hooks", hook, "must be callables taking an HttpEvent")
         rng = random.Random(seed)
+        key, url = _resolve_key(api_key, api_key_file), _check_base_url(base_url)
         transport = transport_class(tracing)(
-            api_key=_resolve_key(api_key, api_key_file),
-            base_url=_check_base_url(base_url),
+            api_key=key,
+            base_url=url,
             model=model,
             retry=retry,
             timeout=timeout,
@@ -184,6 +194,7 @@ class Client:
             ssl=ssl,
             headers=headers,
             connector=connector,
+            pacer=make_pacer(rate_limit, base_url=url, api_key=key),
         )
         self.poll_policy = poll or PollPolicy()
         self.cancel_on_abandon = cancel_on_abandon

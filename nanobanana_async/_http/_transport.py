@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ._pacer import AdaptiveRateLimiter
 from ._retry import RetryPolicy, may_retry_create
+from ._shared import Pacer
 
 __all__ = ["HttpEvent", "Response", "Transport", "transport_class"]
 
@@ -126,6 +127,7 @@ class Transport:
         ssl: _ssl.SSLContext | bool = True,
         headers: Mapping[str, str] | None = None,
         connector: aiohttp.BaseConnector | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._auth = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
@@ -155,8 +157,9 @@ class Transport:
         self._http: _RequestFunc = _not_open
         self.requests_sent = 0
         self.rate_limited = 0
-        # One pacer for every request of the client: creates and polls share the account's limit.
-        self.pacer = AdaptiveRateLimiter(max_rate=max_rate)
+        # One pacer for every request of the client: creates and polls share the account's limit
+        # (and with a shared pacer, that of every client of the account).
+        self.pacer: Pacer = pacer if pacer is not None else AdaptiveRateLimiter(max_rate=max_rate)
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url!r} model={self.model!r}>"
@@ -221,8 +224,12 @@ class Transport:
         )
 
     async def close(self) -> None:
-        """Close the sessions, and the connector unless it is the user's."""
+        """Close the pacer's connections (a shared pacer's Redis), the sessions, and the
+        connector unless it is the user's."""
         self._http = _not_open
+        pacer_close = getattr(self.pacer, "aclose", None)
+        if pacer_close is not None:
+            await pacer_close()
         downloads, self._download_session = self._download_session, None
         if downloads is not None:
             await downloads.close()
