@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 
@@ -465,3 +468,46 @@ async def test_nothing_configured_means_nothing_added_per_request(
     async with client_for(nanobanana_emulator, trust_env=True) as client:
         transport = client._runtime.transport
         assert transport._http == transport._session.request  # no proxy in this environment
+
+
+# -- the deploying guide ----------------------------------------------------------------------
+
+
+def guide_snippets() -> list[str]:
+    text = (ROOT / "docs" / "guides" / "deploying.md").read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+
+
+@pytest.mark.timeout(90)
+async def test_the_deploying_guide_snippets_run(
+    nanobanana_emulator: Emulator, ca: Any, tmp_path: Path
+) -> None:
+    """Every python block of docs/guides/deploying.md, in order, as one program.
+
+    The files the TLS snippets load are made here with trustme; ``main()``, if the page
+    defines one, runs against the emulator (key and URL from the environment).
+    """
+    pytest.importorskip("opentelemetry.sdk")
+    blocks = guide_snippets()
+    assert len(blocks) >= 4
+    ca.cert_pem.write_to_path(str(tmp_path / "corp-ca.pem"))
+    cert = ca.issue_cert("client@example.com")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    runner = "\n\nif 'main' in globals():\n    import asyncio\n    asyncio.run(main())\n"
+    script = tmp_path / "guide.py"
+    script.write_text("\n\n".join(blocks) + runner, encoding="utf-8")
+    env = {
+        "NANOBANANA_API_KEY": nanobanana_emulator.api_key,
+        "NANOBANANA_BASE_URL": nanobanana_emulator.base_url,
+        "PATH": "",
+    }
+    with anyio.fail_after(80):
+        proc = await anyio.run_process(
+            [sys.executable, str(script)], cwd=tmp_path, env=env, check=False
+        )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    out = proc.stdout.decode()
+    assert re.search(r"^generated \S+ 1 image\(s\)$", out, re.M), out[-2000:]
+    assert '"POST /v1/queue/{model}"' in out  # the console exporter printed the create's span
+    assert nanobanana_emulator.stats.creates == 1
