@@ -102,19 +102,23 @@ async def test_result_success_body(api: Api, nanobanana_emulator: Emulator) -> N
     assert body["request_id"] == rid
     assert body["metadata"] == {"prompt": "a red fox"}
     image, text = body["outputs"]
+    size = image.pop("file_size")
     assert image == {
         "type": "image",
         "url": f"{nanobanana_emulator.cdn_url}/files/{rid}/0.png",
         "content_type": "image/png",
         "file_name": f"{rid}_0.png",
-        "file_size": image["file_size"],
         "width": 2048,
         "height": 1152,
     }
     assert text["type"] == "text" and "a red fox" in text["text"]
+    # file_size is what the CDN serves: a PNG of that many bytes.
+    assert type(size) is int and size > 0
     async with api.session.get(image["url"]) as resp:
         assert resp.status == 200
-        assert len(await resp.read()) == image["file_size"]
+        data = await resp.read()
+    assert len(data) == size
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
 
 
 @pytest.mark.parametrize(

@@ -58,11 +58,16 @@ async def test_max_unfinished(
         for rid in rids[:4]:
             await api.wait_done(rid)
         assert emu.stats.unfinished == 0 and emu.stats.max_unfinished == 5
+        # Two workers: the first two ran together, then the next two (the fifth never ran).
+        t = [emu.stats.tasks[r] for r in rids]
+        first_end = min(t[0].completed_at, t[1].completed_at)  # type: ignore[type-var]
+        assert max(t[0].started_at, t[1].started_at) < first_end  # type: ignore[type-var,operator]
+        assert min(t[2].started_at, t[3].started_at) >= first_end  # type: ignore[type-var,operator]
+        assert t[4].started_at is None
         emu.stats.reset()
         assert emu.stats.max_unfinished == 0
         rid = await api.create_id({"prompt": "again"})
         assert emu.stats.max_unfinished == 1
-        # Two workers: the first two ran together, then the next two.
         tasks = [emu.stats.tasks.get(r) for r in rids]
         assert all(t is None for t in tasks)  # reset forgot them
         await api.wait_done(rid)
