@@ -249,3 +249,43 @@ async def test_polls_follow_the_backoff_until_the_model_is_ready_then_the_learne
         else:
             pytest.fail("the model never became ready")
         assert finished >= 2  # min_samples finished tasks came first
+
+
+def _learning(target_delay: float | None) -> PollPolicy:
+    return PollPolicy(
+        initial_delay=1.0, factor=2.0, jitter=0.0, target_delay=target_delay, min_samples=2
+    )
+
+
+async def test_tasks_done_at_their_first_poll_teach_the_model_too() -> None:
+    async with rig(_learning(0.5)) as r:
+        for i in range(3):
+            r.transport.script(f"t{i}", result())
+            entry = r.scheduler.watch(Ticket(f"t{i}"))
+            await r.clock.run_until(lambda e=entry: e.done)  # type: ignore[misc]
+        assert r.scheduler.model.ready
+
+
+async def test_without_a_target_delay_the_model_learns_nothing() -> None:
+    async with rig(_learning(None)) as r:
+        for i in range(3):
+            r.transport.script(f"t{i}", pending(), result())
+            entry = r.scheduler.watch(Ticket(f"t{i}"))
+            await r.clock.run_until(lambda e=entry: e.done)  # type: ignore[misc]
+        assert not r.scheduler.model.ready
+
+
+async def test_a_raising_listener_is_logged_with_its_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with rig() as r:
+
+        def boom(_: object) -> None:
+            raise RuntimeError("the owner's bug")
+
+        r.transport.script("a", result())
+        entry = r.scheduler.watch(Ticket("a"))
+        entry.listeners.append(boom)
+        with caplog.at_level(logging.ERROR, logger="nanobanana_async"):
+            await r.clock.run_until(lambda: entry.done)
+        assert "a completion listener of task a failed" in caplog.messages
