@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from nanobanana_async import (
@@ -19,6 +22,7 @@ from nanobanana_async import (
     TaskRetry,
     ValidationError,
 )
+from nanobanana_async.journal import Journal
 
 from ..scripted import Scripted, client_for
 from ..standin import serve
@@ -82,3 +86,48 @@ async def test_a_refused_stream_leaves_nothing_behind() -> None:
         assert s.requests() == 0
         outcomes = [o async for o in c.stream([], max_in_flight=1)]
         assert outcomes == []
+
+
+async def test_with_a_journal_a_refused_create_is_recorded_and_a_rerun_replays_ids(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "batch.sqlite"
+    refused = (422, {"detail": "bad body"}, {})
+    standin = Scripted(pending_polls=0, create_replies=[refused])
+    async with serve(standin) as s, client_for(s) as c:
+        first = sorted(
+            [o async for o in c.stream(["a", "b"], journal=journal, max_in_flight=1)],
+            key=lambda o: o.index,
+        )
+        assert first[0].error is not None and first[0].request_id is None
+        assert first[1].ok and first[1].request_id == "req_1"
+        report = Journal.report_sync(journal)
+        assert report.counts["rejected"] == 1 and report.counts["succeeded"] == 1
+
+        requests = s.requests()
+        again = {o.index: o async for o in c.stream(["a", "b"], journal=journal)}
+        # The finished item is replayed from the journal with its id; the refused one is new.
+        assert again[1].resumed and again[1].request_id == "req_1" and again[1].ok
+        assert again[1].request_ids == ("req_1",)
+        assert not again[0].resumed and again[0].ok
+        assert s.requests() == requests + 2  # one create and one poll, for item 0 only
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 3])
+async def test_a_blocking_input_is_read_no_further_than_the_free_slots(max_in_flight: int) -> None:
+    pulled = 0
+
+    def prompts() -> Iterator[str]:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield f"lazy {i}"
+
+    async with serve(Scripted(pending_polls=10_000)) as s, client_for(s) as c:
+        stream = c.stream(prompts(), max_in_flight=max_in_flight)
+        with anyio.move_on_after(0.2):
+            async for _ in stream:
+                pass  # pragma: no cover - nothing finishes
+        await stream.aclose()
+        assert pulled == max_in_flight
+        assert s.count("create") == max_in_flight
