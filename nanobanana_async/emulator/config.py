@@ -50,13 +50,22 @@ FAULT_KINDS = (
 
 @attrs.frozen(kw_only=True)
 class ServiceTime:
-    """Distribution of the time a worker spends on one task, in (unscaled) seconds."""
+    """Distribution of the time a worker spends on one task, in (unscaled) seconds.
+
+    Drift: tasks created `drift_at` (unscaled) seconds or more after the emulator started take
+    `drift_factor` times the drawn time, a step change in the service's latency (`drifting`, or
+    the suffix `@AT*FACTOR` of the text form, e.g. `lognormal:20,0.5@600*3`).
+    """
 
     kind: str = attrs.field(
         default="fixed", validator=attrs.validators.in_(("fixed", "uniform", "lognormal"))
     )
     a: float = attrs.field(default=2.0, validator=_non_negative)
     b: float = attrs.field(default=0.0, validator=_non_negative)
+    drift_at: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_negative)
+    )
+    drift_factor: float = attrs.field(default=1.0, validator=_non_negative)
 
     @classmethod
     def fixed(cls, seconds: float) -> ServiceTime:
@@ -77,31 +86,55 @@ class ServiceTime:
             raise ValueError("lognormal service time needs median > 0")
         return cls(kind="lognormal", a=median, b=sigma)
 
+    def drifting(self, *, at: float, factor: float) -> ServiceTime:
+        """This distribution, `factor` times slower for tasks created from `at` s after start."""
+        return attrs.evolve(self, drift_at=at, drift_factor=factor)
+
     @classmethod
     def parse(cls, text: str) -> ServiceTime:
-        """Parse the command-line form `fixed:2`, `uniform:1,3` or `lognormal:20,0.5`."""
-        kind, _, args = text.partition(":")
+        """Parse the command-line form `fixed:2`, `uniform:1,3` or `lognormal:20,0.5`.
+
+        A suffix `@AT*FACTOR` adds a drift: `lognormal:20,0.5@600*3` triples the time of the
+        tasks created from 600 (unscaled) seconds after the start.
+        """
+        base, at_sign, drift = text.partition("@")
+        kind, _, args = base.partition(":")
         try:
             nums = [float(x) for x in args.split(",")] if args else []
+            at_text, star, factor_text = drift.partition("*")
+            at = float(at_text) if at_sign else None
+            factor = float(factor_text) if at_sign and star else 1.0
         except ValueError:
             raise ValueError(f"bad service time {text!r}") from None
+        if at_sign and not star:
+            raise ValueError(f"bad service time {text!r}: the drift is @AT*FACTOR")
         if kind == "fixed" and len(nums) == 1:
-            return cls.fixed(nums[0])
-        if kind == "uniform" and len(nums) == 2:
-            return cls.uniform(nums[0], nums[1])
-        if kind == "lognormal" and len(nums) == 2:
-            return cls.lognormal(nums[0], nums[1])
-        raise ValueError(
-            f"bad service time {text!r}: use fixed:S, uniform:LO,HI or lognormal:MED,SIGMA"
-        )
+            parsed = cls.fixed(nums[0])
+        elif kind == "uniform" and len(nums) == 2:
+            parsed = cls.uniform(nums[0], nums[1])
+        elif kind == "lognormal" and len(nums) == 2:
+            parsed = cls.lognormal(nums[0], nums[1])
+        else:
+            raise ValueError(
+                f"bad service time {text!r}: use fixed:S, uniform:LO,HI or lognormal:MED,SIGMA"
+                " (optionally followed by @AT*FACTOR)"
+            )
+        return parsed if at is None else parsed.drifting(at=at, factor=factor)
 
-    def sample(self, rng: random.Random) -> float:
-        """Draw one service time from `rng` (the emulator's service-time stream)."""
+    def sample(self, rng: random.Random, elapsed: float = 0.0) -> float:
+        """Draw one service time from `rng` (the emulator's service-time stream).
+
+        `elapsed`: unscaled seconds since the emulator started, for the drift.
+        """
         if self.kind == "uniform":
-            return rng.uniform(self.a, self.b)
-        if self.kind == "lognormal":
-            return rng.lognormvariate(math.log(self.a), self.b)
-        return self.a
+            drawn = rng.uniform(self.a, self.b)
+        elif self.kind == "lognormal":
+            drawn = rng.lognormvariate(math.log(self.a), self.b)
+        else:
+            drawn = self.a
+        if self.drift_at is not None and elapsed >= self.drift_at:
+            drawn *= self.drift_factor
+        return drawn
 
 
 @attrs.frozen(kw_only=True)

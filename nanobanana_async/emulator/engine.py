@@ -119,6 +119,7 @@ class Engine:
         self._dispatching = False
         self.credits_left = config.credits
         self._closed = False
+        self._started = time.monotonic()  # the service-time drift counts from here
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -199,8 +200,10 @@ class Engine:
         task.image_size = image_size
         task.aspect_ratio = aspect_ratio
         task.modalities = modalities
-        base = cfg.service_time.sample(self._service_rng)
-        task.service_time = base * SIZE_FACTORS.get(image_size or "1K", 1.0) * cfg.time_scale
+        scale = cfg.time_scale
+        elapsed = (now - self._started) / scale if scale > 0 else float("inf")
+        base = cfg.service_time.sample(self._service_rng, elapsed)
+        task.service_time = base * SIZE_FACTORS.get(image_size or "1K", 1.0) * scale
         task.planned_error, task.no_image = self._draw_task_fault(prompt)
         task.seq = self._popped + len(self._queue)
         self._tasks[task.request_id] = task
