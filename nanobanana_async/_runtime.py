@@ -82,6 +82,7 @@ class Runtime:
                     max_concurrent_polls=self.transport.limits.max_concurrent_polls,
                     clock=self._clock,
                     rng=self._rng,
+                    on_end=self.transport.task_end_hook(),
                 )
                 await tg.start(self._scheduler.run)
                 self._tg = tg

@@ -13,8 +13,7 @@ How it hooks in:
 - a create runs inside ``creating()``, which makes the task span current, so the create's
   exchanges are its children; the request id read from the answer maps later polls to it;
 - the task span ends when the poll scheduler hands the ``TaskEntry`` to ``task_ended`` (the
-  hook ``task_end_hook()`` returns). Until a scheduler has asked for that hook no task span is
-  started, as nothing would end it: then polls are children of the create's exchange span.
+  hook ``task_end_hook()`` returns; the runtime passes it as ``PollScheduler(on_end=...)``).
 """
 
 from __future__ import annotations

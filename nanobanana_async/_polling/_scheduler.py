@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -137,8 +137,10 @@ class PollScheduler:
         max_concurrent_polls: int,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        on_end: Callable[[TaskEntry], None] | None = None,
     ) -> None:
         self._transport = transport
+        self._on_end = on_end  # told once when a task leaves the live phases (e.g. tracing)
         self.policy = policy
         self._clock: Clock = clock or LoopClock()
         self._rng = rng or random.Random()
@@ -275,7 +277,15 @@ class PollScheduler:
                 listener(entry)
             except Exception:  # a listener's failure is its owner's; the other tasks go on
                 logger.exception("a completion listener of task %s failed", entry.request_id)
+        self._ended(entry)
         return True
+
+    def _ended(self, entry: TaskEntry) -> None:
+        if self._on_end is not None:
+            try:
+                self._on_end(entry)
+            except Exception:
+                logger.exception("the task-end hook failed for %s", entry.request_id)
 
     def _forget(self, entry: TaskEntry) -> None:
         if self._entries.get(entry.request_id) is entry:
@@ -290,6 +300,7 @@ class PollScheduler:
         entry.observers = []
         if entry.poll_scope is not None:
             entry.poll_scope.cancel()
+        self._ended(entry)
         return True
 
     async def abandon(self, entry: TaskEntry, *, wait: float = 5.0) -> None:

@@ -58,19 +58,19 @@ async def test_credits_run_out_then_top_up_resumes_with_no_duplicate(tmp_path: P
 
 
 async def test_a_key_revoked_mid_run_stops_the_batch_after_delivering_what_exists() -> None:
-    async with Emulator(EmulatorConfig(service_time=ServiceTime.fixed(0.3))) as emu:
-        async with client_for(emu) as client:
-            seen: list[Outcome] = []
-            with pytest.raises(BatchAbortedError) as info:
-                async for outcome in client.stream(prompts(200), max_in_flight=10):
-                    seen.append(outcome)
-                    if len(seen) == 5:
-                        emu.revoke_key()
-            assert isinstance(info.value.cause, AuthenticationError)
-            created = len(emu.stats.tasks)
-            assert created < 200
-            # every created task got an outcome (success before the revoke, 401 after)
-            assert {o.request_id for o in seen if o.request_id} == set(emu.stats.tasks)
+    config = EmulatorConfig(service_time=ServiceTime.fixed(0.3))
+    async with Emulator(config) as emu, client_for(emu) as client:
+        seen: list[Outcome] = []
+        with pytest.raises(BatchAbortedError) as info:
+            async for outcome in client.stream(prompts(200), max_in_flight=10):
+                seen.append(outcome)
+                if len(seen) == 5:
+                    emu.revoke_key()
+        assert isinstance(info.value.cause, AuthenticationError)
+        created = len(emu.stats.tasks)
+        assert created < 200
+        # every created task got an outcome (success before the revoke, 401 after)
+        assert {o.request_id for o in seen if o.request_id} == set(emu.stats.tasks)
 
 
 async def test_max_creates_caps_spending_across_reruns(tmp_path: Path) -> None:

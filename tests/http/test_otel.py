@@ -1,9 +1,8 @@
 """OpenTelemetry (``Client(tracing=True)``): the span tree, its attributes, the metrics, and
 that neither the key nor the prompt is ever recorded. In-memory exporters, the emulator.
 
-The task span ends when the poll scheduler hands the finished (or abandoned) entry to
-``transport.task_end_hook()``. The scheduler does not call it yet; ``wire_task_hook`` does here
-what it is asked to do: call the hook once for every entry that leaves the live phases.
+The task span ends when the poll scheduler hands the finished (or abandoned) entry to the hook
+``transport.task_end_hook()`` returned (``PollScheduler(on_end=...)``, wired by the runtime).
 """
 
 from __future__ import annotations
@@ -95,31 +94,6 @@ def otel() -> Iterator[Otel]:
         sdk.meter_provider.shutdown()
 
 
-def wire_task_hook(client: Client) -> None:
-    """The scheduler hook this feature needs, done from outside: every entry that leaves the
-    live phases (finish, abandon) is handed once to ``transport.task_end_hook()``."""
-    runtime = client._runtime
-    hook = runtime.transport.task_end_hook()
-    assert hook is not None
-    scheduler = runtime.scheduler
-    finish, abandon = scheduler.finish, scheduler.abandon
-
-    def finishing(entry: Any, outcome: Any) -> bool:
-        ended = finish(entry, outcome)
-        if ended:
-            hook(entry)
-        return ended
-
-    async def abandoning(entry: Any, *, wait: float = 5.0) -> None:
-        live = entry.live
-        await abandon(entry, wait=wait)
-        if live and not entry.live:
-            hook(entry)
-
-    scheduler.finish = finishing  # type: ignore[method-assign]
-    scheduler.abandon = abandoning  # type: ignore[method-assign]
-
-
 def assert_no_secrets(spans: list[ReadableSpan], *secrets: str) -> None:
     for span in spans:
         text = span.to_json()
@@ -139,7 +113,6 @@ async def test_one_task_span_with_a_child_per_http_exchange(
 ) -> None:
     tracer = trace.get_tracer("test")
     async with client_for(nanobanana_emulator, tracing=True) as client:
-        wire_task_hook(client)
         with tracer.start_as_current_span("POST /generate (the app's handler)") as handler:
             result = await client.generate(PROMPT, timeout=20)
     spans = otel.finished()
@@ -177,7 +150,6 @@ async def test_a_failed_task_records_its_error_type(
     otel: Otel, nanobanana_emulator: Emulator
 ) -> None:
     async with client_for(nanobanana_emulator, tracing=True) as client:
-        wire_task_hook(client)
         with pytest.raises(TaskFailedError):
             await client.generate("a [blocked] banana", timeout=20)
     [task] = otel.finished("nanobanana.task")
@@ -193,7 +165,6 @@ async def test_an_abandoned_wait_and_an_unwatched_task_end_their_spans(
     otel: Otel, nanobanana_emulator: Emulator
 ) -> None:
     async with client_for(nanobanana_emulator, tracing=True) as client:
-        wire_task_hook(client)
         with pytest.raises(TimeoutError):
             await client.generate("a slow banana", timeout=0.2)
         job = await client.submit("a banana nobody waits for")
@@ -215,7 +186,6 @@ async def test_a_task_watched_by_id_gets_its_span_at_its_first_poll(
     async with client_for(nanobanana_emulator) as plain:
         request_id = (await plain.submit("a banana")).request_id
     async with client_for(nanobanana_emulator, tracing=True) as client:
-        wire_task_hook(client)
         await client.result(request_id, timeout=20)
     [task] = otel.finished("nanobanana.task")
     assert dict(task.attributes or {})["nanobanana.request_id"] == request_id
@@ -231,7 +201,6 @@ async def test_a_task_watched_by_id_gets_its_span_at_its_first_poll(
 async def test_metrics_and_retries(otel: Otel, nanobanana_emulator: Emulator) -> None:
     prompts = [f"{PROMPT} #{i}" for i in range(6)]
     async with client_for(nanobanana_emulator, tracing=True) as client:
-        wire_task_hook(client)
         results = await client.map(prompts, max_in_flight=3)
         stats = client.stats
     assert len(results) == 6
@@ -267,21 +236,20 @@ async def test_metrics_and_retries(otel: Otel, nanobanana_emulator: Emulator) ->
     assert_no_secrets(spans, nanobanana_emulator.api_key, PROMPT, "confidential")
 
 
-# -- without the scheduler hook, without tracing, without an SDK ----------------------------
+# -- the hook wired, without tracing, without an SDK ----------------------------
 
 
-async def test_without_the_scheduler_hook_polls_hang_under_the_create(
+async def test_the_runtime_wires_the_task_end_hook(
     otel: Otel, nanobanana_emulator: Emulator
 ) -> None:
-    """Until the scheduler asks for the hook, no task span is started (nothing would end it):
-    each task's polls are children of its create exchange instead."""
+    """With tracing on, the scheduler ends each task's span itself: polls are its children."""
     async with client_for(nanobanana_emulator, tracing=True) as client:
+        assert client._runtime.scheduler._on_end is not None
         await client.generate(PROMPT, timeout=20)
     spans = otel.finished()
-    assert not otel.finished("nanobanana.task")
-    [create] = otel.finished(CREATE)
+    [task] = otel.finished("nanobanana.task")
     polls = otel.finished(POLL)
-    assert polls and children_of(spans, create) == polls
+    assert polls and all(span in children_of(spans, task) for span in polls)
     assert_no_secrets(spans, nanobanana_emulator.api_key, PROMPT)
 
 
@@ -296,7 +264,6 @@ async def test_tracing_off_records_nothing(otel: Otel, nanobanana_emulator: Emul
 async def test_no_sdk_configured_is_the_apis_no_op(nanobanana_emulator: Emulator) -> None:
     _reset_globals(None, None)
     async with client_for(nanobanana_emulator, tracing=True) as client:
-        wire_task_hook(client)
         result = await client.generate(PROMPT, timeout=20)
     assert result.images
 
@@ -363,11 +330,12 @@ async def test_concurrent_tasks_keep_their_exchanges_apart(
     otel: Otel, nanobanana_emulator: Emulator
 ) -> None:
     """Creates sent at the same time: each exchange lands under its own task's span."""
-    async with client_for(nanobanana_emulator, tracing=True) as client:
-        wire_task_hook(client)
-        async with anyio.create_task_group() as tg:
-            for i in range(5):
-                tg.start_soon(client.generate, f"banana {i}")
+    async with (
+        client_for(nanobanana_emulator, tracing=True) as client,
+        anyio.create_task_group() as tg,
+    ):
+        for i in range(5):
+            tg.start_soon(client.generate, f"banana {i}")
     spans = otel.finished()
     tasks = otel.finished("nanobanana.task")
     assert len(tasks) == 5
