@@ -21,7 +21,13 @@ from nanobanana_async.errors import (
     TransportError,
     ValidationError,
 )
-from nanobanana_async.models import AspectRatio, GenerationRequest, ImageSize, Ticket
+from nanobanana_async.models import (
+    AspectRatio,
+    GenerationRequest,
+    GenerationResult,
+    ImageSize,
+    Ticket,
+)
 
 # -- RetryPolicy --------------------------------------------------------------------------------
 
@@ -182,3 +188,52 @@ def test_an_output_without_a_type_is_typed_from_its_fields() -> None:
     assert [o.type for o in parsed.outputs] == ["image", "text", "file"]  # type: ignore[union-attr]
     with pytest.raises(ProtocolError, match=r"^output is not a JSON object"):
         _wire.parse_response(200, {"request_id": "r", "outputs": [1]})
+
+
+def test_an_error_object_with_only_a_message_keeps_the_message() -> None:
+    status = _wire.parse_status({"status": "COMPLETED", "error": {"message": "boom"}})
+    assert status.error_message == "boom" and status.error_type is None
+
+
+def test_log_lines_given_as_plain_strings_are_kept() -> None:
+    status = _wire.parse_status({"status": "IN_PROGRESS", "logs": ["step 1", {"message": "2"}]})
+    assert [entry.message for entry in status.logs] == ["step 1", "2"]
+
+
+def test_a_result_without_outputs_or_status_is_a_result_with_its_images() -> None:
+    parsed = _wire.parse_response(
+        200, {"request_id": "r", "images": [{"type": "image", "url": "u"}]}
+    )
+    assert isinstance(parsed, GenerationResult)
+    assert [o.url for o in parsed.outputs] == ["u"]
+
+
+def test_the_plain_result_path_keeps_the_id_and_refuses_wrong_types() -> None:
+    parsed = _wire.parse_response(200, {"request_id": "r9", "outputs": [{"type": "image"}]})
+    assert isinstance(parsed, GenerationResult) and parsed.request_id == "r9"
+    # A null field is skipped, but a wrong type after it still sends the body to the checks.
+    with pytest.raises(ProtocolError):
+        _wire.parse_response(
+            200, {"request_id": "r", "outputs": [{"type": "image", "url": None, "width": "wide"}]}
+        )
+    # An unknown output field is kept (in extra), not passed on as a keyword.
+    odd = _wire.parse_response(200, {"request_id": "r", "outputs": [{"type": "image", "seed": 3}]})
+    assert isinstance(odd, GenerationResult) and odd.outputs[0].type == "image"
+
+
+def test_protocol_errors_carry_an_excerpt_of_the_body() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        _wire.parse_status({"status": "EXPLODED", "request_id": "r7"})
+    assert "EXPLODED" in str(caught.value) and '"request_id": "r7"' in caught.value.body_excerpt
+    with pytest.raises(ProtocolError) as caught:
+        _wire.parse_ticket({"request_id": "r6", "queue_position": "first", "x": 1})
+    assert '"queue_position": "first"' in caught.value.body_excerpt
+
+
+def test_an_id_no_url_can_carry_is_refused_by_name() -> None:
+    from nanobanana_async import Client
+
+    transport = Client("k", base_url="http://api.example/model")._runtime.transport
+    with pytest.raises(ValidationError) as caught:
+        transport.task_url("bad\ud800", "status")
+    assert (caught.value.field, caught.value.value) == ("request_id", "bad\ud800")

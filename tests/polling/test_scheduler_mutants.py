@@ -26,6 +26,7 @@ from nanobanana_async._polling._scheduler import (
 )
 from nanobanana_async.errors import (
     ClientStateError,
+    NoImageError,
     NotFoundError,
     RateLimitError,
     ServerError,
@@ -112,13 +113,14 @@ def test_under_a_budget_the_likeliest_done_of_the_due_go_first() -> None:
 def test_without_a_budget_due_tasks_are_taken_one_at_a_time_in_due_order() -> None:
     scheduler, clock = _scheduler(BACKOFF)
     now = clock.now()
-    for i, due in enumerate([now - 1, now - 3, now - 2]):
+    for i, due in enumerate([now - 1, now - 3, now - 2, now + 5]):
         scheduler._push(scheduler.watch(Ticket(f"t{i}")), due)
     order = []
     while batch := scheduler._take_due(now):
         assert len(batch) == 1
         order.append(batch[0].request_id)
-    assert order == ["t1", "t2", "t0"]
+    assert order == ["t1", "t2", "t0"]  # and t3, not due yet, stays
+    assert [e.request_id for _, _, g, e in scheduler._heap if g == e.generation] == ["t3"]
 
 
 # -- errors: Retry-After cap, backoff, bodies ----------------------------------------------------
@@ -289,3 +291,52 @@ async def test_a_raising_listener_is_logged_with_its_task(
         with caplog.at_level(logging.ERROR, logger="nanobanana_async"):
             await r.clock.run_until(lambda: entry.done)
         assert "a completion listener of task a failed" in caplog.messages
+
+
+async def test_the_status_route_fallback_uses_the_servers_status_url_and_counts_one_poll() -> None:
+    async with rig() as r:
+        status_url = "http://api/server-given/a/status"
+        r.transport.script("a", reply(405, {"detail": "Method Not Allowed"}), result())
+        r.transport.script(
+            "a", pending("IN_PROGRESS", code=200), pending("COMPLETED", code=200), route="status"
+        )
+        entry = r.scheduler.watch(Ticket("a", status_url=status_url))
+        await r.clock.run_until(lambda: entry.done)
+        assert r.transport.routes("a") == ["response", "status", "status", "response"]
+        assert [q.url for q in r.transport.for_task("a") if q.action == "status"] == [
+            status_url,
+            status_url,
+        ]
+        # "COMPLETED" on the status route and the result fetched at once: one poll, not two.
+        assert entry.polls == r.scheduler.polls_sent == 3
+
+
+async def test_a_result_without_the_image_asked_for_keeps_every_output() -> None:
+    async with rig() as r:
+        text_only = {"outputs": [{"type": "text", "text": "I cannot"}], "metadata": {"x": 1}}
+        r.transport.script("a", reply(200, text_only))
+        entry = r.scheduler.watch(Ticket("a"), expect_image=True)
+        await r.clock.run_until(lambda: entry.done)
+        error = entry.outcome
+        assert isinstance(error, NoImageError)
+        assert [o.type for o in error.outputs] == ["text"]
+        assert error.text == "I cannot" and error.metadata == {"x": 1}
+
+
+async def test_a_raising_observer_is_logged_and_a_closed_scheduler_refuses_new_tasks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with rig() as r:
+
+        def boom(*_: object) -> None:
+            raise RuntimeError("the owner's bug")
+
+        r.transport.script("a", pending(), result())
+        entry = r.scheduler.watch(Ticket("a"))
+        entry.observers.append(boom)
+        with caplog.at_level(logging.ERROR, logger="nanobanana_async"):
+            await r.clock.run_until(lambda: entry.done)
+        assert "a status observer of task a failed" in caplog.messages
+        r.scheduler.close()
+        with pytest.raises(ClientStateError, match="the client is closed"):
+            r.scheduler.watch(Ticket("b"))
