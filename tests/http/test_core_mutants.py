@@ -237,3 +237,8 @@ def test_an_id_no_url_can_carry_is_refused_by_name() -> None:
     with pytest.raises(ValidationError) as caught:
         transport.task_url("bad\ud800", "status")
     assert (caught.value.field, caught.value.value) == ("request_id", "bad\ud800")
+
+
+def test_a_result_without_an_id_has_an_empty_one() -> None:
+    parsed = _wire.parse_response(200, {"outputs": [{"type": "image", "url": "u"}]})
+    assert isinstance(parsed, GenerationResult) and parsed.request_id == ""

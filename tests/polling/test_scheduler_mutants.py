@@ -340,3 +340,14 @@ async def test_a_raising_observer_is_logged_and_a_closed_scheduler_refuses_new_t
         r.scheduler.close()
         with pytest.raises(ClientStateError, match="the client is closed"):
             r.scheduler.watch(Ticket("b"))
+
+
+async def test_a_4xx_saying_completed_with_a_null_error_is_polled_again_at_once() -> None:
+    async with rig() as r:
+        r.transport.script("a", reply(400, {"status": "COMPLETED", "error": None}), result())
+        entry = r.scheduler.watch(Ticket("a"))
+        await r.clock.run_until(lambda: entry.done)
+        assert isinstance(entry.outcome, GenerationResult)
+        times = r.transport.times("a")
+        assert len(times) == 2 and times[1] == times[0]  # the result is fetched at once
+        assert r.transport.routes("a") == ["response", "response"]
