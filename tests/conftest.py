@@ -1,5 +1,7 @@
 import pytest
 
+from .redis_server import redis_server  # noqa: F401 - the fixture, for every test
+
 
 @pytest.fixture
 def anyio_backend() -> str:

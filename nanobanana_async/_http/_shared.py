@@ -47,6 +47,7 @@ logger = logging.getLogger("nanobanana_async")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DEFAULT_PREFIX = "nanobanana-async:pace:"
 STATE_TTL = 3600  # seconds: an account's shared state outlives its last request by an hour
+_MAX_CONNECTIONS = 16  # Redis connections of one client
 
 
 class Pacer(Protocol):
@@ -122,13 +123,13 @@ class RedisRateLimit:
     name: str | None = attrs.field(default=None, kw_only=True)
     prefix: str = attrs.field(default=DEFAULT_PREFIX, kw_only=True)
     max_rate: float | None = attrs.field(default=None, kw_only=True, validator=_max_rate)
-    timeout: float = attrs.field(default=0.25, kw_only=True, validator=_positive)
+    timeout: float = attrs.field(default=0.5, kw_only=True, validator=_positive)
     retry_interval: float = attrs.field(default=5.0, kw_only=True, validator=_positive)
 
     def pacer(self, account: str) -> Pacer:
         """A pacer drawing from the shared budget of ``account`` (see ``account_key``)."""
         try:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
         except ImportError:
@@ -138,13 +139,16 @@ class RedisRateLimit:
                 "needs the redis package",
                 "pip install 'nanobanana-async[redis]'",
             ) from None
-        client = Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=_MAX_CONNECTIONS,  # callers beyond wait (within the timeout)
+            timeout=self.timeout,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0),  # a failed call falls back at once, never retries
             health_check_interval=0,
         )
+        client = Redis(connection_pool=pool)
         key = self.prefix + (self.name or account)
         return SharedPacer(
             client,
@@ -292,7 +296,15 @@ local function on_throttle(retry_after)
   if now - s.lcut < cooldown then return end
   local base = mrate('s', active(now))
   if s.rate ~= nil then base = math.min(base, s.rate) end
-  if accepted > 0 and accepted < base then base = accepted end
+  -- The accepted rate is the limit's estimate once it rests on a few responses: the clients
+  -- report theirs with their next call, so the first ones arrive in clumps.
+  local trusted = now - (s.af or now) >= 0.1 and (s.aa or 0) >= 5
+  if trusted and accepted > 0 and accepted < base then base = accepted end
+  -- Unlike PacingCore: one cut takes at most a factor beta off the rate in force. Responses
+  -- delayed by a burst understate the accepted rate, and one low guess would pace every client
+  -- of the account low for the whole probe time; a real limit lower still is found by the
+  -- next cut, one cooldown later.
+  if s.rate ~= nil then base = math.max(base, beta * s.rate) end
   base = math.max(base, min_rate)
   s.lmax = base * margin
   s.lcut = now
@@ -342,7 +354,7 @@ class SharedPacer:
         *,
         max_rate: float | None = None,
         min_rate: float = 0.5,
-        timeout: float = 0.25,
+        timeout: float = 0.5,
         retry_interval: float = 5.0,
         where: str = "redis",
         clock: Callable[[], float] = anyio.current_time,
@@ -368,7 +380,7 @@ class SharedPacer:
             core.probe_time,
             core.burst,
             core.cooldown,
-            core.rate_window,
+            core.rate_window * 2,
             core.margin,
             core.min_share,
             STATE_TTL,

@@ -120,6 +120,19 @@ def _parser() -> argparse.ArgumentParser:
         "when reached the batch stops (exit 4) and a rerun with a higher cap resumes",
     )
     p.add_argument("--strict", action="store_true", help="any bad line fails before sending")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only the request lines at positions I modulo N (0 <= I < N), with their own "
+        "journal and report (default names end in .shard-I-of-N); e.g. "
+        "--shard $JOB_COMPLETION_INDEX/4",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the account's rate budget with every other client through this Redis "
+        "(redis://host:6379/0; needs the redis extra)",
+    )
     _service_flags(p, emulator=True)
 
     p = sub.add_parser("generate", parents=[common], help="run one task and save its images")
@@ -142,8 +155,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="save the outputs into this directory")
         _service_flags(p, emulator=False)
 
-    p = sub.add_parser("report", parents=[common], help="summarise a batch journal")
-    p.add_argument("journal", metavar="JOURNAL")
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="summarise batch journals (several: the shards of one batch, merged)",
+    )
+    p.add_argument("journal", metavar="JOURNAL", nargs="+")
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

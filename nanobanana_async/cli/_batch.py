@@ -54,6 +54,15 @@ class RunOptions:
     detach: bool = False
     max_downloads: int = 8
     max_creates: int | None = None
+    # A shard's item numbers in the whole input, by its own item index (filled as it is read):
+    # report.json and file names use them; the shard's journal keeps its own indices.
+    positions: list[int] | None = None
+
+    def position(self, index: int) -> int:
+        """The number of item ``index`` in the whole input (itself when not sharded)."""
+        if self.positions is None or index >= len(self.positions):
+            return index
+        return self.positions[index]
 
 
 @attrs.define
@@ -170,10 +179,10 @@ def _file_dict(output_index: int, path: Path, size: int, sha: str, out_dir: Path
     return {"output_index": output_index, "path": shown, "size": size, "sha256": sha}
 
 
-def _base_report(outcome: Outcome) -> ItemReport:
+def _base_report(outcome: Outcome, index: int) -> ItemReport:
     request = outcome.request
     report = ItemReport(
-        outcome.index,
+        index,
         request.prompt if request is not None else None,
         outcome.request_id,
         "succeeded" if outcome.ok else "failed",
@@ -244,8 +253,8 @@ class _Runner:
 
     async def _consume(self, stream: BatchStream, tg: TaskGroup) -> None:
         async for outcome in stream:
-            report = _base_report(outcome)
-            self.result.items[outcome.index] = report
+            report = _base_report(outcome, self.opts.position(outcome.index))
+            self.result.items[report.index] = report
             if outcome.result is not None and _wanted(outcome.result):
                 token = object()
                 # Acquired here so that at most max_downloads tasks exist at once.
@@ -279,7 +288,8 @@ class _Runner:
         try:
             files = await self._present(outcome.index, result)
             if files is None:
-                stem = f"{outcome.index:05d}_{outcome.request_id or result.request_id}"
+                number = self.opts.position(outcome.index)
+                stem = f"{number:05d}_{outcome.request_id or result.request_id}"
                 saved = await self.downloader.download(result, stem=stem)
                 files = []
                 for f in saved:

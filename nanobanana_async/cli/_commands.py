@@ -20,7 +20,7 @@ from .._polling._policy import PollPolicy
 from ..journal import Journal, JournalMismatchError
 from ..models import GenerationRequest
 from ._batch import Interrupt, RunOptions, RunResult, run_batch
-from ._input import BadLine, count_candidates, read_requests
+from ._input import BadLine, Shard, count_candidates, read_requests
 from ._summary import EXIT_USAGE, finish
 from ._ui import Progress
 
@@ -83,7 +83,11 @@ async def _execute(
                     cancel_on_abandon=not opts.detach,
                 )
             else:
-                client = Client(**client_kwargs(args), cancel_on_abandon=not opts.detach)
+                client = Client(
+                    **client_kwargs(args),
+                    cancel_on_abandon=not opts.detach,
+                    rate_limit=getattr(args, "redis", None),
+                )
             journal = await Journal.open(journal_path)
             stack.push_async_callback(journal.aclose)
             await stack.enter_async_context(client)
@@ -116,11 +120,14 @@ def batch_command(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise UsageError(f"no input file {path}")
+    shard = _shard(args)
     if not args.emulator:
         client_kwargs(args)  # fail on a missing key before touching anything
+    if args.redis and args.emulator:
+        raise UsageError("--redis shares a real account's rate budget; not with --emulator")
     if args.strict:
         bad: list[BadLine] = []
-        for _ in read_requests(path, bad.append):
+        for _ in read_requests(path, bad.append, shard=shard):
             pass
         if bad:
             for line in bad:
@@ -129,7 +136,10 @@ def batch_command(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    journal_path = Path(args.journal) if args.journal else out_dir / "journal.sqlite"
+    # Each shard has its own journal and report (shards may share --out).
+    suffix = f".{shard.label}" if shard is not None else ""
+    journal_path = Path(args.journal) if args.journal else out_dir / f"journal{suffix}.sqlite"
+    positions: list[int] | None = [] if shard is not None else None
     opts = RunOptions(
         out_dir,
         max_in_flight=args.max_in_flight,
@@ -137,8 +147,9 @@ def batch_command(args: argparse.Namespace) -> int:
         resubmit_unknown=args.resubmit_unknown,
         detach=args.detach,
         max_creates=args.max_creates,
+        positions=positions,
     )
-    expected = count_candidates(path)
+    expected = count_candidates(path, shard)
     progress = Progress(total=expected, enabled=not args.json)
     bad_lines: list[BadLine] = []
 
@@ -154,7 +165,7 @@ def batch_command(args: argparse.Namespace) -> int:
                     args,
                     use_emulator=args.emulator,
                     journal_path=journal_path,
-                    requests=read_requests(path, on_bad),
+                    requests=read_requests(path, on_bad, shard=shard, positions=positions),
                     opts=opts,
                     progress=progress,
                 )
@@ -172,7 +183,18 @@ def batch_command(args: argparse.Namespace) -> int:
         detach=args.detach,
         expected=expected,
         max_creates=args.max_creates,
+        report_name=f"report{suffix}.json",
+        shard=str(shard) if shard is not None else None,
     )
+
+
+def _shard(args: argparse.Namespace) -> Shard | None:
+    if args.shard is None:
+        return None
+    try:
+        return Shard.parse(args.shard)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def demo_requests() -> list[GenerationRequest]:

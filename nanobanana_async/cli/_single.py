@@ -16,7 +16,7 @@ import attrs
 from .._client import Client
 from ..download import Downloader
 from ..errors import NoImageError
-from ..journal import Journal
+from ..journal import Journal, JournalReport
 from ..models import GenerationRequest, GenerationResult
 from ._batch import Interrupt
 from ._commands import EMULATOR_POLL, UsageError, client_kwargs, emulator_config
@@ -194,21 +194,71 @@ def _count_not_sent(path: str) -> int:
     return count
 
 
+def _journal_report(path: str) -> tuple[JournalReport, int]:
+    """One journal's report and its count of items never sent (read-only)."""
+    try:
+        report = Journal.report_sync(path)
+        rejected = report.counts.get("rejected", 0)
+        not_sent = min(rejected, _count_not_sent(path)) if rejected else 0
+    except (FileNotFoundError, OSError, sqlite3.Error) as exc:
+        raise UsageError(str(exc)) from None
+    return report, not_sent
+
+
 def report_command(args: argparse.Namespace) -> int:
-    """``report JOURNAL``: counts by state, request ids and ambiguous items of a journal.
+    """``report JOURNAL...``: counts by state, request ids and ambiguous items of journals.
 
     Rejected items are split: ``not sent`` (a stopped batch read them and never sent them) and
     ``rejected`` (the service refused the create); neither was created, a rerun creates both.
+    Several journals (the shards of one batch) are merged into one report; their ambiguous
+    items are named by journal, with each journal's own item numbers.
     """
-    try:
-        report = Journal.report_sync(args.journal)
-        rejected = report.counts.get("rejected", 0)
-        not_sent = min(rejected, _count_not_sent(args.journal)) if rejected else 0
-    except (FileNotFoundError, OSError, sqlite3.Error) as exc:
-        raise UsageError(str(exc)) from None
-    if args.json:
-        print(_dump({**attrs.asdict(report), "not_sent": not_sent}))
-        return EXIT_OK
+    paths = list(dict.fromkeys(args.journal))  # a journal named twice counts once
+    reports = [(path, *_journal_report(path)) for path in paths]
+    if len(reports) == 1:
+        path, report, not_sent = reports[0]
+        unknown: list[tuple[str, tuple[int, ...]]] = [(path, report.unknown)]
+        if args.json:
+            print(_dump({**attrs.asdict(report), "not_sent": not_sent}))
+            return EXIT_OK
+        title = f"journal {path}"
+    else:
+        counts: dict[str, int] = {}
+        for _, report, _ in reports:
+            for state, n in report.counts.items():
+                counts[state] = counts.get(state, 0) + n
+        not_sent = sum(n for _, _, n in reports)
+        ids = tuple(rid for _, report, _ in reports for rid in report.request_ids)
+        unknown = [(path, report.unknown) for path, report, _ in reports]
+        if args.json:
+            document = {
+                "journals": [
+                    {"journal": path, **attrs.asdict(report), "not_sent": n}
+                    for path, report, n in reports
+                ],
+                "counts": counts,
+                "request_ids": ids,
+                "unknown": [
+                    {"journal": path, "index": i} for path, items in unknown for i in items
+                ],
+                "total": sum(report.total for _, report, _ in reports),
+                "not_sent": not_sent,
+            }
+            print(_dump(document))
+            return EXIT_OK
+        report = JournalReport(counts, ids, (), sum(report.total for _, report, _ in reports))
+        title = f"{len(reports)} journals"
+    _print_report(title, report, not_sent, unknown)
+    return EXIT_OK
+
+
+def _print_report(
+    title: str,
+    report: JournalReport,
+    not_sent: int,
+    unknown: list[tuple[str, tuple[int, ...]]],
+) -> None:
+    rejected = report.counts.get("rejected", 0)
     rows = []
     for state, n in report.counts.items():
         if state == "rejected":
@@ -218,7 +268,7 @@ def report_command(args: argparse.Namespace) -> int:
         if n:
             rows.append((state, str(n)))
     rows.append(("total", str(report.total)))
-    print_table(f"journal {args.journal}", rows)
+    print_table(title, rows)
     if rejected:
         print(
             "not sent / rejected: never created, nothing billed; rerunning the batch with "
@@ -228,12 +278,20 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"request ids ({len(report.request_ids)}):")
         for rid in report.request_ids:
             print(f"  {rid}")
-    if report.unknown:
-        shown = ", ".join(str(i) for i in report.unknown)
+    named = [(path, items) for path, items in unknown if items]
+    if not named:
+        return
+    advice = (
+        "a rerun reports them as failed; pass --resubmit-unknown to create them again "
+        "(accepting you may pay twice)"
+    )
+    if len(unknown) == 1:
+        shown = ", ".join(str(i) for i in named[0][1])
         print(
-            f"unknown (may have been created and billed, no id recorded): items {shown}\n"
-            "  a rerun reports them as failed; pass --resubmit-unknown to create them again "
-            "(accepting you may pay twice)",
-            file=sys.stdout,
+            f"unknown (may have been created and billed, no id recorded): items {shown}\n  {advice}"
         )
-    return EXIT_OK
+        return
+    print("unknown (may have been created and billed, no id recorded), by journal:")
+    for path, items in named:
+        print(f"  {path}: items {', '.join(str(i) for i in items)}")
+    print(f"  {advice.replace('a rerun', 'a rerun of that shard')}")

@@ -145,10 +145,13 @@ def finish(
     expected: int | None = None,
     max_creates: int | None = None,
     resume: str = RESUME,
+    report_name: str = "report.json",
+    shard: str | None = None,
 ) -> int:
-    """Write report.json, print the summary (table or JSON) and return the exit code.
+    """Write ``report_name`` (report.json), print the summary (table or JSON), return the code.
 
     A stopped run (``result.stopped``) also prints one line on stderr: why, and how to resume.
+    ``shard`` (``"I/N"``) is recorded in the report of a sharded run.
     """
     code = exit_code(result, expected_failures)
     tally = totals(result, expected)
@@ -167,12 +170,13 @@ def finish(
         "interrupted": result.interrupted,
         "stopped": stopped,
         "journal": str(journal),
+        "shard": shard,
         "totals": tally,
         "client_stats": stats,
         "bad_lines": [attrs.asdict(b) for b in result.bad_lines],
         "items": [attrs.asdict(result.items[i]) for i in sorted(result.items)],
     }
-    report_path = out_dir / "report.json"
+    report_path = out_dir / report_name
     _write_report(report_path, document)
     if as_json:
         failures = [
@@ -210,7 +214,7 @@ def finish(
             print(f"  item {item.index} {item.state}: {item.error_type}: {item.error_message}")
     for line in result.bad_lines:
         print(f"  skipped {line}")
-    print(f"files and report.json in {out_dir}; journal {journal}")
+    print(f"files and {report_name} in {out_dir}; journal {journal}")
     if result.interrupted:
         print(_hint(result, command, detach))
     _print_stopped(stopped)
