@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import pytest
+from aiohttp import web
 
 from nanobanana_async import (
+    APIStatusError,
     Client,
     HttpEvent,
+    Limits,
+    NotFoundError,
+    ResponseTooLargeError,
     RetryPolicy,
     SubmissionUnknownError,
     Timeout,
@@ -133,3 +139,72 @@ async def test_an_ambiguous_create_says_so_and_keeps_the_cause() -> None:
         assert str(caught.value).startswith("create failed ambiguously (HTTP 502")
         assert caught.value.request_body == {"prompt": "maybe"}
         assert s.count("create") == 1
+
+
+class _StatusRoute(Scripted):
+    """A stand-in whose status route answers from a script (then IN_PROGRESS)."""
+
+    def __init__(self, *replies: tuple[int, object, dict[str, str]]) -> None:
+        super().__init__()
+        self.replies = list(replies)
+
+    async def status(self, request: web.Request) -> web.Response:
+        self._hit("status", request.match_info["rid"])
+        self.poll_times.append(anyio.current_time())
+        if self.replies:
+            status, value, headers = self.replies.pop(0)
+            return web.json_response(value, status=status, headers=headers)
+        return web.json_response({"status": "IN_PROGRESS"})
+
+
+async def test_a_300_is_an_error_not_an_answer() -> None:
+    standin = _StatusRoute((300, {"status": "IN_QUEUE"}, {}))
+    async with serve(standin) as s, client_for(s, retry=RetryPolicy(max_attempts=1)) as c:
+        with pytest.raises(APIStatusError) as caught:
+            await c.status("r1")
+        assert caught.value.status_code == 300
+
+
+async def test_an_error_reply_keeps_the_services_message() -> None:
+    standin = _StatusRoute((404, {"detail": "Request not found"}, {}))
+    async with serve(standin) as s, client_for(s) as c:
+        with pytest.raises(NotFoundError, match="Request not found"):
+            await c.status("r404")
+
+
+async def test_a_retried_get_waits_what_retry_after_asks() -> None:
+    standin = _StatusRoute((503, {"detail": "busy"}, {"Retry-After": "0.3"}))
+    retry = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.01)
+    async with serve(standin) as s, client_for(s, retry=retry) as c:
+        status = await c.status("r2")
+        assert status.state.value == "IN_PROGRESS"
+        assert s.count("status") == 2
+        assert s.poll_times[1] - s.poll_times[0] >= 0.3
+
+
+async def test_hooks_name_the_error_of_a_failed_exchange() -> None:
+    events: list[HttpEvent] = []
+    big = (200, {"status": "IN_PROGRESS", "pad": "x" * 5000}, {})
+    limits = Limits(max_response_bytes=1000)
+    retry = RetryPolicy(max_attempts=1)
+    async with (
+        serve(_StatusRoute(big)) as s,
+        client_for(s, hooks=[events.append], limits=limits, retry=retry) as c,
+    ):
+        with pytest.raises(ResponseTooLargeError):
+            await c.status("r3")
+    async with (
+        serve(Scripted(create_delay=2.0)) as s,
+        client_for(
+            s,
+            hooks=[events.append],
+            retry=retry,
+            timeout=Timeout(connect=1, read=0.2, deadline=5, cancel=1, close=1),
+        ) as c,
+    ):
+        with pytest.raises(SubmissionUnknownError):
+            await c.submit("slow")
+    first, second = events
+    assert (first.method, first.status, first.error) == ("GET", 200, "ResponseTooLargeError")
+    assert (second.method, second.status) == ("POST", None)
+    assert second.error is not None and second.error.endswith("TimeoutError")  # aiohttp's class
