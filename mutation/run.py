@@ -277,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="run only the sampled mutants not yet checked"
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --resume: move the clone to --rev first (new tests) and run again every "
+        "sampled mutant not killed yet (a killed one stays killed when tests are only added)",
+    )
     args = parser.parse_args(argv)
     rev = subprocess.run(
         ["git", "rev-parse", args.rev], cwd=REPO, capture_output=True, text=True, check=True
@@ -286,9 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen_file = work / "chosen.txt"
     if not args.report_only:
         if args.resume:
+            if args.update:
+                sh("git", "fetch", "--quiet", REPO, cwd=src)
+                sh("git", "-c", "advice.detachedHead=false", "checkout", "--quiet", rev, cwd=src)
             configure(src)
             done = results(src)
-            chosen = [n for n in chosen_file.read_text().split() if done.get(n) is None]
+            again = {None} if not args.update else {None, 0, 5, 33}
+            chosen = [n for n in chosen_file.read_text().split() if done.get(n) in again]
         else:
             work.mkdir(parents=True, exist_ok=True)
             src, python = prepare(work, rev)
