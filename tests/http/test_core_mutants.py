@@ -5,13 +5,14 @@ converter that ``_wire`` builds at import time.
 
 from __future__ import annotations
 
+import math
 import random
 
 import cattrs
 import pytest
 
 from nanobanana_async._http import _wire
-from nanobanana_async._http._pacer import PacingCore, _RateMeter
+from nanobanana_async._http._pacer import AdaptiveRateLimiter, PacingCore, _RateMeter
 from nanobanana_async._http._retry import RetryPolicy
 from nanobanana_async.errors import (
     ProtocolError,
@@ -242,3 +243,55 @@ def test_an_id_no_url_can_carry_is_refused_by_name() -> None:
 def test_a_result_without_an_id_has_an_empty_one() -> None:
     parsed = _wire.parse_response(200, {"outputs": [{"type": "image", "url": "u"}]})
     assert isinstance(parsed, GenerationResult) and parsed.request_id == ""
+
+
+def test_the_pacer_floors_at_half_a_request_per_second_by_default() -> None:
+    now = [0.0]
+    limiter = AdaptiveRateLimiter(clock=lambda: now[0])
+    core = limiter.core
+    for _ in range(60):  # overload, over and over: each cut after the cooldown
+        core.record_send(now[0])
+        limiter.on_throttle()
+        now[0] += 1.0
+    assert limiter.rate == 0.5 == core.min_rate
+
+
+def test_max_rate_caps_the_rate_and_must_be_positive() -> None:
+    core = PacingCore(max_rate=5.0)
+    core.on_success(0.0)  # before any cut: nothing to recover, no error
+    assert core.fill_rate == 5.0
+    core._set_rate(100.0)
+    assert core.fill_rate == 5.0
+    with pytest.raises(ValueError, match="max_rate must be positive"):
+        PacingCore(max_rate=0)
+
+
+def test_the_default_cooldown_allows_a_second_cut_half_a_second_later() -> None:
+    core = PacingCore(max_rate=10.0)
+    for i in range(20):
+        core.record_send(i * 0.1)
+    core.on_throttle(2.0)
+    core.on_throttle(2.5)
+    assert core.epoch == 2
+
+
+def test_a_slow_rate_recovers_after_a_cut_too() -> None:
+    core = PacingCore()
+    t = 0.0
+    for _ in range(20):  # a request every 0.6 s, then a 429: the old rate is below 1/s
+        core.record_send(t)
+        core.on_success(t)
+        t += 0.6
+    core.on_throttle(t)
+    cut = core.fill_rate
+    assert cut is not None and 0.5 < cut < core.last_max < 1.0
+    core.record_send(t + 0.5)
+    core.on_success(t + core.recovery_time)
+    assert core.fill_rate == pytest.approx(core.last_max)  # back up to the old rate
+
+
+def test_one_event_reads_as_one_event_in_the_window() -> None:
+    meter = _RateMeter(tau=0.5)
+    meter.add(10.0)
+    seen = 1.0 - math.exp(-1e-3 / 0.5)
+    assert meter.rate(10.0) == pytest.approx(1.0 / (0.5 * seen))
