@@ -295,3 +295,10 @@ def test_one_event_reads_as_one_event_in_the_window() -> None:
     meter.add(10.0)
     seen = 1.0 - math.exp(-1e-3 / 0.5)
     assert meter.rate(10.0) == pytest.approx(1.0 / (0.5 * seen))
+
+
+def test_a_bad_value_in_a_request_is_named_by_its_field() -> None:
+    with pytest.raises(ValidationError) as caught:
+        _wire.parse_request({"prompt": "x", "aspect_ratio": "7:3"})
+    assert (caught.value.field, caught.value.value) == ("aspect_ratio", "7:3")
+    assert "16:9" in (caught.value.allowed or "")

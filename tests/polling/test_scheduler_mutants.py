@@ -90,6 +90,9 @@ def test_priority_is_the_share_of_the_age_since_the_last_poll() -> None:
     fresh = scheduler.watch(Ticket("b"), submitted_at=1000.0)
     fresh.due = 1000.0
     assert scheduler._priority(fresh, 1000.0) == 0.0  # no age at all (and no division by 0)
+    young = scheduler.watch(Ticket("c"), submitted_at=999.5)
+    young.due, young.last_poll_at = 1000.0, 999.75
+    assert scheduler._priority(young, 1000.0) == pytest.approx(0.5)  # ages under a second too
 
 
 def test_under_a_budget_the_likeliest_done_of_the_due_go_first() -> None:
@@ -351,3 +354,36 @@ async def test_a_4xx_saying_completed_with_a_null_error_is_polled_again_at_once(
         times = r.transport.times("a")
         assert len(times) == 2 and times[1] == times[0]  # the result is fetched at once
         assert r.transport.routes("a") == ["response", "response"]
+
+
+async def test_the_next_poll_after_an_error_draws_its_jitter_from_the_schedulers_source() -> None:
+    policy = attrs.evolve(BACKOFF, jitter=0.5)
+    retry = RetryPolicy(max_attempts=1, initial_backoff=0.001, max_backoff=0.001)
+    async with rig(policy, retry=retry, seed=5) as r:
+        r.transport.script("a", reply(500, {"detail": "oops"}), result())
+        t0 = r.clock.now()
+        entry = r.scheduler.watch(Ticket("a"))
+        await r.clock.run_until(lambda: entry.done)
+        rng = random.Random(5)  # replay the scheduler's draws in order
+        first = policy.interval(0, rng)
+        wait = retry.backoff(1, rng)
+        gap = max(wait, policy.interval(1, rng))
+        assert r.transport.times("a") == pytest.approx([t0 + first, t0 + first + gap])
+
+
+async def test_abandon_waits_for_a_poll_in_flight_no_longer_than_it_was_told() -> None:
+    async with rig() as r:
+
+        async def deaf(_: object) -> None:
+            with anyio.CancelScope(shield=True):  # a transport that ignores cancellation
+                await anyio.sleep(0.6)
+
+        r.transport.on_request("a", deaf)
+        r.transport.script("a", result())
+        entry = r.scheduler.watch(Ticket("a"))
+        await r.clock.advance(1.0)
+        assert entry.phase is Phase.POLLING
+        started = anyio.current_time()
+        await r.scheduler.abandon(entry, wait=0.05)
+        assert anyio.current_time() - started < 0.3
+        assert entry.phase is Phase.ABANDONED
