@@ -5,9 +5,17 @@ in-process pacer, ``AdaptiveRateLimiter``, learns the account's limit from 429s 
 processes on one account (web workers, a sharded batch on several machines) each learning alone
 overshoot together; :class:`RedisRateLimit` makes them one pacer: the send slots (a GCRA), the
 measured send/accept/429 rates, the learned rate and the Retry-After hold live in one Redis hash
-per account, updated atomically by a Lua script that runs ``PacingCore``'s algorithm with the
-same constants, on the Redis server's clock. When one process meets a real limit, everyone slows
-down at once.
+per account, updated atomically by a Lua script that runs ``PacingCore``'s algorithm (same
+constants, CUBIC recovery and probe) on the Redis server's clock. When one process meets a real
+limit, everyone slows down at once.
+
+Where the shared script departs from ``PacingCore``, it is because many clients feed it: their
+answers reach it in clumps (each client reports its other answers with its next call, its 429s at
+once), so its meters average over twice the window, count answers in real time (not in time off
+hold: with many clients, short holds follow each other), raise an estimate of the limit that
+rests on less than one window by its relative error (guessing low would pace every client low
+for the whole probe time), and take a 429 share above 2% as the limit (a lone client cannot tell
+a stray 429 from its limit below 10%; a shared budget is the account's traffic).
 
 Redis is an optimisation, never a dependency of a task: every call is bounded by a short
 timeout, and on any failure the client paces locally (seeded with its share of the last shared
@@ -264,7 +272,7 @@ local function curve(at)
 end
 local function on_success(n)
   if n <= 0 then return end
-  madd('a', active(now), n)
+  madd('a', now, n)
   if s.rate == nil or s.lmax <= 0 then return end
   local r = curve(now)
   set_rate(math.min(r, math.max(2 * mrate('s', active(now)), s.crate)))
@@ -279,9 +287,11 @@ local function reserve()
 end
 local function on_throttle(retry_after)
   s.thr = s.thr + 1
-  local act = active(now)
-  madd('r', act, 1)
-  local refused, accepted = mrate('r', act), mrate('a', act)
+  -- Responses keep arriving during a hold: the service's answers are counted in real time
+  -- (PacingCore counts them in time off hold, which overstates them when, with many clients,
+  -- short holds follow each other).
+  madd('r', now, 1)
+  local refused, accepted = mrate('r', now), mrate('a', now)
   if refused < min_share * (refused + accepted) then return end
   if retry_after > 0 then
     local h = now + retry_after
@@ -296,15 +306,15 @@ local function on_throttle(retry_after)
   if now - s.lcut < cooldown then return end
   local base = mrate('s', active(now))
   if s.rate ~= nil then base = math.min(base, s.rate) end
-  -- The accepted rate is the limit's estimate once it rests on a few responses: the clients
-  -- report theirs with their next call, so the first ones arrive in clumps.
-  local trusted = now - (s.af or now) >= 0.1 and (s.aa or 0) >= 5
-  if trusted and accepted > 0 and accepted < base then base = accepted end
-  -- Unlike PacingCore: one cut takes at most a factor beta off the rate in force. Responses
-  -- delayed by a burst understate the accepted rate, and one low guess would pace every client
-  -- of the account low for the whole probe time; a real limit lower still is found by the
-  -- next cut, one cooldown later.
-  if s.rate ~= nil then base = math.max(base, beta * s.rate) end
+  -- The accepted rate estimates the limit once it rests on a few responses (the clients report
+  -- theirs with their next call: the first ones arrive in clumps). While it rests on less than
+  -- one window it is raised by its relative error: guessing high costs a few 429s and another
+  -- cut, guessing low would pace every client of the account low for the whole probe time.
+  local age, count = now - (s.af or now), s.aa or 0
+  if age >= 0.1 and count >= 5 and accepted > 0 then
+    if age < tau then accepted = accepted * (1 + 1 / math.sqrt(count)) end
+    if accepted < base then base = accepted end
+  end
   base = math.max(base, min_rate)
   s.lmax = base * margin
   s.lcut = now
@@ -339,6 +349,9 @@ return {str(wait), str(s.epoch), str(s.rate or 0), str(math.max(0, s.hold - now)
   str(mrate('s', active(now)))}
 """
 
+# A 429 share above this is the account's limit, not a stray 429 (PacingCore: 10%, since a
+# lone client cannot tell; the clients of a shared budget are the account's traffic).
+_MIN_SHARE_429 = 0.02
 # What a local fallback may take of the last shared rate at least, when this process's share of
 # the sends is not known (it had sent nothing yet).
 _MIN_SHARE = 0.05
@@ -382,7 +395,7 @@ class SharedPacer:
             core.cooldown,
             core.rate_window * 2,
             core.margin,
-            core.min_share,
+            _MIN_SHARE_429,
             STATE_TTL,
         ]
         self._shared = True
@@ -433,9 +446,12 @@ class SharedPacer:
             await self._sleep(wait)
             try:
                 wait, epoch = await self._call("confirm", epoch)
-            except Exception as exc:  # noqa: BLE001 - the slot was waited for: send
+            except Exception as exc:  # noqa: BLE001 - any Redis failure: pace locally instead
+                # Not a send on the shared slot: the others may pace alone already, and the
+                # slots reserved before Redis failed would come on top of their pace.
                 self._degrade(exc)
-                break
+                await self._local.acquire()
+                return
         self._local.core.record_send(self._clock())
 
     def on_success(self) -> None:
