@@ -75,6 +75,8 @@ class TaskEntry:
     use_status_route: bool = False
     fell_back: bool = False  # the status-route fallback is taken at most once per task
     expect_image: bool | None = None  # None: unknown (a task watched by id only)
+    size_class: str | None = None  # e.g. the image size: tasks of a class share a completion model
+    scored_until: float = 0.0  # age (s) up to which the completion model has seen this task's polls
     poll_scope: anyio.CancelScope | None = None
     poll_done: anyio.Event | None = None
 

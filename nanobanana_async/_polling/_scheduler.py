@@ -145,7 +145,10 @@ class PollScheduler:
         self._clock: Clock = clock or LoopClock()
         self._rng = rng or random.Random()
         self._limiter = anyio.CapacityLimiter(max_concurrent_polls)
-        self.model = CompletionModel(min_samples=policy.min_samples)
+        # The model reads the live entries at refit time (running tasks are right-censored).
+        self.model = CompletionModel(
+            min_samples=policy.min_samples, running=lambda: self._entries.values()
+        )
         self._k: float | None = None
         self._k_fit = -1  # the model fit K was computed for
         self._budget = (
@@ -194,11 +197,13 @@ class PollScheduler:
         *,
         submitted_at: float | None = None,
         expect_image: bool | None = None,
+        size_class: str | None = None,
     ) -> TaskEntry:
         """Start polling a task (or return the live entry already polling it).
 
         ``expect_image``: the request asked for images, so a result without one is a
-        ``NoImageError`` (None: not known, e.g. a task watched by id only).
+        ``NoImageError`` (None: not known, e.g. a task watched by id only). ``size_class``
+        (e.g. the image size, ``"4K"``): tasks of one class get their own completion model.
         """
         if self._closed:
             raise ClientStateError("the client is closed")
@@ -206,12 +211,15 @@ class PollScheduler:
         if entry is not None:
             if entry.expect_image is None:
                 entry.expect_image = expect_image
+            if entry.size_class is None:
+                entry.size_class = size_class
             return entry
         url = self._transport.task_url(ticket.request_id, "response", ticket.response_url)
         now = self._clock.now()
         entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
         entry.queue_position = ticket.queue_position
         entry.expect_image = expect_image
+        entry.size_class = size_class
         self._entries[ticket.request_id] = entry
         self._push(entry, self._next_due(entry, entry.submitted_at))
         return entry
@@ -233,28 +241,45 @@ class PollScheduler:
         """When to poll next: the learned √hazard schedule once ready, else the backoff."""
         policy = self.policy
         model = self.model
-        if policy.target_delay is not None and model.ready:
+        if policy.target_delay is None:
+            return now + policy.interval(entry.polls, self._rng)
+        if entry.last_pending_at is not None:
+            # A poll found the task running: its outcome feeds the model's change detector.
+            age = entry.last_pending_at - entry.submitted_at
+            if age > entry.scored_until:
+                model.observe_pending(entry.scored_until, age, size_class=entry.size_class, now=now)
+                entry.scored_until = age
+        if model.ready:
             if self._k is None or self._k_fit != model.fits:
-                self._k = model.k_for_target_delay(policy.target_delay)
+                self._k = model.k_for_target_delay(
+                    policy.target_delay,
+                    min_interval=policy.min_interval,
+                    max_interval=policy.max_interval,
+                )
                 self._k_fit = model.fits
             offset = model.next_poll(
                 now - entry.submitted_at,
                 k=self._k,
                 min_interval=policy.min_interval,
                 max_interval=policy.max_interval,
+                size_class=entry.size_class,
             )
             return entry.submitted_at + offset
         return now + policy.interval(entry.polls, self._rng)
 
     def _learn(self, entry: TaskEntry) -> None:
-        """Feed a finished task's completion time (midpoint of its last two polls) to the model."""
+        """Tell the model a task finished between its last pending poll and the one that saw it."""
         if entry.finished_at is None or self.policy.target_delay is None:
             return
         last_pending = (
             entry.last_pending_at if entry.last_pending_at is not None else entry.submitted_at
         )
-        completed = (last_pending + entry.finished_at) / 2
-        self.model.observe(completed - entry.submitted_at)
+        self.model.observe_interval(
+            last_pending - entry.submitted_at,
+            entry.finished_at - entry.submitted_at,
+            size_class=entry.size_class,
+            now=entry.finished_at,
+        )
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -388,7 +413,7 @@ class PollScheduler:
         if now - entry.due > self.policy.max_interval:
             return 1.0
         if self.model.ready:
-            return self.model.completion_probability(last, elapsed)
+            return self.model.completion_probability(last, elapsed, size_class=entry.size_class)
         return min(1.0, (elapsed - last) / max(elapsed, 1e-9))
 
     async def _poll(self, entry: TaskEntry) -> None:
