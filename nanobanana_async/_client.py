@@ -286,7 +286,7 @@ class Client:
             raise ValidationError("retry", retry, "must be a RetryPolicy or None")
         runtime = self._require_open()
         ticket = await runtime.create(request, retry=retry)
-        return Job(runtime, ticket, self.cancel_on_abandon, request.wants_image)
+        return Job(runtime, ticket, self.cancel_on_abandon, request.wants_image, request.size_class)
 
     async def generate(
         self,

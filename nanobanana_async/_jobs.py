@@ -18,7 +18,14 @@ __all__ = ["Job"]
 class Job:
     """A task on the service: ``await job`` (or ``job.result()``) for its result."""
 
-    __slots__ = ("_cancel_on_abandon", "_expect_image", "_known", "_runtime", "ticket")
+    __slots__ = (
+        "_cancel_on_abandon",
+        "_expect_image",
+        "_known",
+        "_runtime",
+        "_size_class",
+        "ticket",
+    )
 
     def __init__(
         self,
@@ -26,8 +33,10 @@ class Job:
         ticket: Ticket,
         cancel_on_abandon: bool = True,
         expect_image: bool | None = None,
+        size_class: str | None = None,
     ) -> None:
         self._runtime = runtime
+        self._size_class = size_class
         self._cancel_on_abandon = cancel_on_abandon
         self._expect_image = expect_image
         self._known: TaskEntry | None = None  # the entry a finished ``updates()`` followed
@@ -52,7 +61,9 @@ class Job:
         scheduler's own polls (no extra requests), ending with the final status; then
         ``await job.result()`` returns at once.
         """
-        updates = self._runtime.updates(self.ticket, expect_image=self._expect_image)
+        updates = self._runtime.updates(
+            self.ticket, expect_image=self._expect_image, size_class=self._size_class
+        )
         self._known = updates.entry
         return updates
 
@@ -86,6 +97,7 @@ class Job:
             expect_image=self._expect_image,
             on_update=on_update,
             known=self._known,
+            size_class=self._size_class,
         )
 
     async def cancel(self) -> bool:

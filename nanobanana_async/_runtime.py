@@ -213,10 +213,17 @@ class Runtime:
         return parse_status(resp.json())
 
     def watch(
-        self, ticket: Ticket, *, submitted_at: float | None = None, expect_image: bool | None
+        self,
+        ticket: Ticket,
+        *,
+        submitted_at: float | None = None,
+        expect_image: bool | None,
+        size_class: str | None = None,
     ) -> TaskEntry:
         """Have the scheduler poll a task (shared with anyone already watching it)."""
-        return self.scheduler.watch(ticket, submitted_at=submitted_at, expect_image=expect_image)
+        return self.scheduler.watch(
+            ticket, submitted_at=submitted_at, expect_image=expect_image, size_class=size_class
+        )
 
     async def wait(
         self,
@@ -227,6 +234,7 @@ class Runtime:
         expect_image: bool | None = None,
         on_update: Callable[[TaskStatus], None] | None = None,
         known: TaskEntry | None = None,
+        size_class: str | None = None,
     ) -> GenerationResult:
         """Wait for a task's outcome; the last waiter to give up stops it (and cancels it).
 
@@ -236,7 +244,7 @@ class Runtime:
         scheduler = self.scheduler
         if known is not None and known.done:
             return unwrap(known)
-        entry = scheduler.watch(ticket, expect_image=expect_image)
+        entry = scheduler.watch(ticket, expect_image=expect_image, size_class=size_class)
         entry.waiters += 1
         observer = None
         if on_update is not None:
@@ -264,9 +272,12 @@ class Runtime:
         entry.waiters -= 1
         return unwrap(entry)
 
-    def updates(self, ticket: Ticket, *, expect_image: bool | None) -> TaskUpdates:
+    def updates(
+        self, ticket: Ticket, *, expect_image: bool | None, size_class: str | None = None
+    ) -> TaskUpdates:
         """Follow a task's status changes, fed by the scheduler's polls."""
-        return TaskUpdates(self.scheduler, self.scheduler.watch(ticket, expect_image=expect_image))
+        entry = self.scheduler.watch(ticket, expect_image=expect_image, size_class=size_class)
+        return TaskUpdates(self.scheduler, entry)
 
     async def release(self, entries: Iterable[TaskEntry], *, cancel_remote: bool) -> None:
         """Stop polling tasks nobody wants any more; cancel them on the service if asked."""

@@ -165,6 +165,11 @@ class GenerationRequest:
     )
 
     @property
+    def size_class(self) -> str:
+        """The class of tasks this one is timed with (its image size; the service's default)."""
+        return self.image_size.value if self.image_size is not None else "default"
+
+    @property
     def wants_image(self) -> bool:
         """Whether the request asks for images (the default modalities include them)."""
         modalities = self.response_modalities

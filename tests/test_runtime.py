@@ -124,3 +124,27 @@ async def test_a_result_over_the_size_cap_is_final_after_one_fetch() -> None:
             await c.generate("big", timeout=10)
         assert standin.count("response") == 1
         assert time.monotonic() - started < 2
+
+
+async def test_tasks_are_timed_with_their_size_class() -> None:
+    from nanobanana_async import GenerationRequest
+
+    async with serve(StandIn(pending_polls=10_000)) as standin, client(standin) as c:
+        job = await c.submit(GenerationRequest("big", image_size="4K"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_ignore, job.result(cancel_on_abandon=False))
+            while c.stats.in_flight < 1:
+                await anyio.sleep(0.01)
+            stream = c.stream([GenerationRequest("small", image_size="1K"), "default size"])
+
+            async def consume() -> None:
+                async for _ in stream:
+                    pass  # pragma: no cover - nothing finishes
+
+            tg.start_soon(consume)
+            while c.stats.in_flight < 3:
+                await anyio.sleep(0.01)
+            classes = sorted(e.size_class or "" for e in c._runtime.scheduler.entries())
+            assert classes == ["1K", "4K", "default"]
+            await stream.aclose()
+            tg.cancel_scope.cancel()

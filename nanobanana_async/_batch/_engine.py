@@ -422,7 +422,10 @@ class _Engine:
         self._emit(EventKind.SUBMITTED, item)
         try:
             entry = self._runtime.watch(
-                ticket, submitted_at=item.submitted_at, expect_image=request.wants_image
+                ticket,
+                submitted_at=item.submitted_at,
+                expect_image=request.wants_image,
+                size_class=request.size_class,
             )
         except ClientStateError as exc:
             logger.error("task %s created but cannot be watched: %s", ticket.request_id, exc)
