@@ -209,7 +209,7 @@ def test_four_processes_sharing_the_budget_use_the_limit_with_few_429s(
         tempfile.TemporaryDirectory() as tmp,
     ):
         start, stop, workers = bench.start_workers(
-            emu, 4, redis_url=redis_server.url, seconds=4.0, folder=Path(tmp)
+            emu, 4, redis_url=redis_server.url, seconds=5.0, folder=Path(tmp)
         )
         results = bench.collect(workers)
         figures = bench.summarise(results, RATE, start, stop, emu.stats())
