@@ -129,6 +129,10 @@ def test_the_converter_sends_only_set_fields_by_their_wire_values() -> None:
     assert back.aspect_ratio is AspectRatio.LANDSCAPE_16_9
     with pytest.raises(cattrs.ClassValidationError):
         conv.structure({"prompt": "x", "webhook_url": "u"}, GenerationRequest)
+    # The model's own converters check the values (and name the field), not cattrs'.
+    with pytest.raises(cattrs.ClassValidationError) as caught:
+        conv.structure({"prompt": "x", "aspect_ratio": "7:3"}, GenerationRequest)
+    assert [type(e) for e in caught.value.exceptions] == [ValidationError]
     assert conv.structure({"request_id": "r", "queue_position": 2}, Ticket) == Ticket(
         "r", queue_position=2
     )
