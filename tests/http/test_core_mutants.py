@@ -306,3 +306,28 @@ def test_a_bad_value_in_a_request_is_named_by_its_field() -> None:
         _wire.parse_request({"prompt": "x", "aspect_ratio": "7:3"})
     assert (caught.value.field, caught.value.value) == ("aspect_ratio", "7:3")
     assert "16:9" in (caught.value.allowed or "")
+
+
+@pytest.mark.parametrize("rid", ["a\x00b", "tab\there", "del\x7f"])
+def test_a_ticket_with_an_id_no_url_can_carry_is_a_protocol_error(rid: str) -> None:
+    with pytest.raises(ProtocolError, match="unusable request_id"):
+        _wire.parse_ticket({"request_id": rid})
+
+
+def test_the_plain_ticket_path_keeps_every_url_and_checks_the_position() -> None:
+    ticket = _wire.parse_ticket(
+        {"request_id": "r", "status_url": "s", "response_url": "p", "cancel_url": "c"}
+    )
+    assert ticket == Ticket("r", status_url="s", response_url="p", cancel_url="c")
+    with pytest.raises(ProtocolError):
+        _wire.parse_ticket({"request_id": "r", "queue_position": "first"})
+
+
+def test_a_body_that_is_not_an_object_is_quoted_in_the_error() -> None:
+    with pytest.raises(ProtocolError, match="status response is not a JSON object") as caught:
+        _wire.parse_status([1, 2])
+    assert "[1, 2]" in caught.value.body_excerpt
+
+
+def test_a_limiter_passes_its_floor_to_its_core() -> None:
+    assert AdaptiveRateLimiter(min_rate=2.0).core.min_rate == 2.0

@@ -387,3 +387,12 @@ async def test_abandon_waits_for_a_poll_in_flight_no_longer_than_it_was_told() -
         await r.scheduler.abandon(entry, wait=0.05)
         assert anyio.current_time() - started < 0.3
         assert entry.phase is Phase.ABANDONED
+
+
+async def test_the_servers_own_response_url_is_polled() -> None:
+    async with rig() as r:
+        own = "http://api/server-given/a/response"
+        r.transport.script("a", result())
+        entry = r.scheduler.watch(Ticket("a", response_url=own))
+        await r.clock.run_until(lambda: entry.done)
+        assert [q.url for q in r.transport.for_task("a")] == [own]
