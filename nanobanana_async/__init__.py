@@ -8,6 +8,7 @@ from ._batch._types import BatchEvent, BatchOptions, EventKind, Outcome
 from ._client import Client, ClientStats
 from ._config import Limits, TaskRetry, Timeout
 from ._http._retry import RetryPolicy
+from ._http._shared import LocalRateLimit, RedisRateLimit
 from ._http._transport import HttpEvent
 from ._jobs import Job
 from ._polling._policy import PollPolicy
@@ -79,6 +80,8 @@ __all__ = [
     "Limits",
     "PollPolicy",
     "RetryPolicy",
+    "LocalRateLimit",
+    "RedisRateLimit",
     "TaskRetry",
     "TaskUpdates",
     "Timeout",
