@@ -87,6 +87,7 @@ _SHIFT = math.log(2.0)
 _ALARM = 12.0
 _LLR_CLIP = 1.0
 _FORGET = 1e-3  # weight kept by the tasks submitted before a detected change
+_LOG_CAP = 4096  # polls remembered per CUSUM run, to place the change
 # A weak prior on sigma (the weight of _PRIOR_WEIGHT tasks, on 1/sigma around 1/_PRIOR_SIGMA).
 # It matters only where the data leave sigma open: when nearly every task is done at its first
 # poll, the intervals (0, t1] pin F(t1) ≈ 1 and little else, and without it the fit would wander
@@ -247,13 +248,9 @@ class _Fit:
     def step(self, last: float, k: float, plan: _Plan, min_interval: float) -> float:
         """The poll after one at ``last`` (0 = submit), its gap clamped to the plan's bounds."""
         last = max(0.0, last)
-        g0 = plan.g0
-        if last <= 0:
-            target = g0
-        else:
-            g_last = self.g(last)
-            # Before the first scheduled poll (G(g_inv(g0)) may round a hair below g0).
-            target = g0 if g_last < g0 - 1e-9 * (1.0 + g0) else g_last + 1.0 / k
+        # One Keller step after the last poll, and not before the plan's first poll (a task
+        # polled early, before the model was ready, or before a refit moved the plan).
+        target = plan.g0 if last <= 0 else max(plan.g0, self.g(last) + 1.0 / k)
         t = self.g_inv(target)
         # No gap longer than the task's age: a task still running where the fit said it would
         # long be done is evidence against the fit, and is then polled at least by doubling.
@@ -283,8 +280,6 @@ class _Fit:
             if gap < min_interval or gap > top:
                 t = last + min(max(gap, min_interval), top)
                 target = g(t)
-            if target < plan.g0:  # a clamped first poll short of g0: the next one is at g0
-                target = plan.g0 - inc
             lt = log(t)
             s_t = 0.5 * erfc((lt - mu) * c_sf)
             pe_t = 0.5 * erfc(-((lt - mu) * inv_sigma - sigma) / _SQRT2)
@@ -292,7 +287,7 @@ class _Fit:
             last, s_last, pe_last = t, s_t, pe_t
             if s_t < _TAIL or not math.isfinite(t):
                 break
-            target += inc
+            target = max(plan.g0, target + inc)
         return polls, max(0.0, delay)
 
     def make_plan(
@@ -414,8 +409,9 @@ class _Population:
         self.weight_at_fit = 0.0
         self.up = 0.0  # CUSUM towards "slower"
         self.down = 0.0  # CUSUM towards "faster"
-        self.up_since = _INF
-        self.down_since = _INF
+        # Since each CUSUM last left 0: (submission time, log-likelihood ratio) of every poll.
+        self.up_log: list[tuple[float, float]] = []
+        self.down_log: list[tuple[float, float]] = []
         self.share = 0.0  # decayed count of recent completions (at share_at), for the class mix
         self.share_at = 0.0
 
@@ -429,14 +425,26 @@ class _Population:
         lb = math.log(before)
         llr_up = _llr(la, lb, mu, sigma, _SHIFT, done)
         llr_down = _llr(la, lb, mu, sigma, -_SHIFT, done)
-        # Each CUSUM remembers the earliest submission among the tasks since it last left 0:
-        # the cohort from there on is the one that showed the change.
         submitted = now - before
         self.up = max(0.0, self.up + llr_up)
         self.down = max(0.0, self.down + llr_down)
-        self.up_since = min(self.up_since, submitted) if self.up > 0.0 else _INF
-        self.down_since = min(self.down_since, submitted) if self.down > 0.0 else _INF
+        _log(self.up_log, self.up, submitted, llr_up)
+        _log(self.down_log, self.down, submitted, llr_down)
         return self.up > _ALARM or self.down > _ALARM
+
+    def change_cohort(self) -> float:
+        """The submission time from which tasks showed the change the alarm is about.
+
+        The cut that keeps the largest sum of log-likelihood ratios after it (in submission
+        order): tasks before it looked like the fit, tasks after it like the alternative.
+        """
+        log = sorted(self.up_log if self.up > _ALARM else self.down_log)
+        best, best_at, total = -_INF, -_INF, 0.0
+        for submitted, llr in reversed(log):
+            total += llr
+            if total > best:
+                best, best_at = total, submitted
+        return best_at
 
     def add(self, obs: _Obs) -> None:
         self.obs.append(obs)
@@ -446,7 +454,8 @@ class _Population:
     def forget_before(self, since: float) -> None:
         self.alarms = [*self.alarms[-2:], since]
         self.up = self.down = 0.0
-        self.up_since = self.down_since = _INF
+        self.up_log.clear()
+        self.down_log.clear()
 
     def forgotten(self, submitted: float) -> float:
         """The weight the alarms leave to a task submitted at ``submitted``."""
@@ -455,6 +464,15 @@ class _Population:
             if submitted < since:
                 w *= _FORGET
         return w
+
+
+def _log(log: list[tuple[float, float]], cusum: float, submitted: float, llr: float) -> None:
+    if cusum <= 0.0:
+        log.clear()
+        return
+    log.append((submitted, llr))
+    if len(log) > _LOG_CAP:
+        del log[: _LOG_CAP // 2]  # a run this long is a slow drift: its start matters less
 
 
 def _p_done(la: float, lb: float, mu: float, sigma: float) -> float:
@@ -723,7 +741,7 @@ class CompletionModel:
         self._now = max(self._now, now)
         for key, pop in self._scored(size_class):
             if pop.score(after, before, done, now):
-                pop.forget_before(pop.up_since if pop.up > _ALARM else pop.down_since)
+                pop.forget_before(pop.change_cohort())
                 self.changes += 1
                 self._refit(pop, key, anchored=False)
 
