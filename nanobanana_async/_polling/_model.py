@@ -741,9 +741,15 @@ class CompletionModel:
         self._now = max(self._now, now)
         for key, pop in self._scored(size_class):
             if pop.score(after, before, done, now):
-                pop.forget_before(pop.change_cohort())
+                since = pop.change_cohort()
+                pop.forget_before(since)
                 self.changes += 1
                 self._refit(pop, key, anchored=False)
+                if key is not None and self._pooled.fitted:
+                    # The pooled fit mixes this class in: it changed too (a class that has no
+                    # fit of its own yet would otherwise be polled on the old times).
+                    self._pooled.forget_before(since)
+                    self._refit(self._pooled, None, anchored=False)
 
     def _scored(self, size_class: str | None) -> list[tuple[str | None, _Population]]:
         """The population whose fit schedules this class's polls (the one to check)."""
