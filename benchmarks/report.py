@@ -49,6 +49,15 @@ SECTIONS = [
         "(thousands of polls/s): the client saturates and their delays exceed the interval's.",
     ),
     (
+        "polling_learn",
+        "P6 — learning the poll schedule",
+        polling.report_learning,
+        "The real scheduler's decisions in a discrete-event simulation (and emulator checks): "
+        "the censored maximum-likelihood fit against the old midpoint rule, for short tasks, "
+        "tight targets, a 3x latency step, a 1K/4K mix and instant tasks "
+        "(`python -m benchmarks polling --part learning`).",
+    ),
+    (
         "scale",
         "P3 — scale",
         scale.report,
