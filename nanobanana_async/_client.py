@@ -23,7 +23,7 @@ from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, TaskRetry, Timeout
 from ._http._retry import DEFAULT_RETRY, RetryPolicy
 from ._http._shared import RateLimit, make_pacer
 from ._http._transport import HttpEvent, transport_class
-from ._jobs import Job
+from ._jobs import Job, check_timeout
 from ._polling._policy import PollPolicy
 from ._runtime import Runtime
 from .errors import ClientStateError, NanoBananaError, TaskFailedError, ValidationError
@@ -304,7 +304,7 @@ class Client:
         ``on_update`` is called with each status change (queue position, progress, logs) that
         the scheduler's polls see: no extra requests.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         if task_retry is not None and not isinstance(task_retry, TaskRetry):
             raise ValidationError("task_retry", task_retry, "must be a TaskRetry or None")
         retry = task_retry or self.task_retry
@@ -407,8 +407,3 @@ class Client:
 
 
 _DEFAULT_BATCH = BatchOptions()
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not timeout > 0:
-        raise ValidationError("timeout", timeout, "must be > 0 seconds or None")

@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from ._polling._entry import TaskEntry
     from ._runtime import Runtime, TaskUpdates
 
-__all__ = ["Job"]
+__all__ = ["Job", "check_timeout"]
+
+
+def check_timeout(timeout: float | None) -> None:
+    """``ValidationError`` unless ``timeout`` is None or a positive number of seconds."""
+    if timeout is not None and not timeout > 0:
+        raise ValidationError("timeout", timeout, "must be > 0 seconds or None")
 
 
 class Job:
@@ -83,8 +89,7 @@ class Job:
         ``cancel_on_abandon=False``. ``on_update`` is called with each status change the
         polls see (queue position, progress, logs; a raising callback is logged, not raised).
         """
-        if timeout is not None and not timeout > 0:
-            raise ValidationError("timeout", timeout, "must be > 0 seconds or None")
+        check_timeout(timeout)
         if on_update is not None and not callable(on_update):
             raise ValidationError("on_update", on_update, "must be a callable or None")
         if cancel_on_abandon is not None and not isinstance(cancel_on_abandon, bool):
