@@ -99,6 +99,10 @@ class Runtime:
             raise ClientStateError("the Client is closed")
         return self._scheduler
 
+    def _require_running(self) -> None:
+        """``ClientStateError`` unless the runtime is running and not closing."""
+        self.scheduler  # noqa: B018 - the property raises when closed
+
     def now(self) -> float:
         """The scheduler's clock (readable while closing, unlike the verbs)."""
         if self._scheduler is None:
@@ -183,7 +187,7 @@ class Runtime:
         ``proceed`` is asked once a create slot is held, just before sending: False sends
         nothing and returns None (a batch that stopped while this create waited for a slot).
         """
-        self.scheduler  # noqa: B018 - raises when closed, before anything is sent
+        self._require_running()  # before anything is sent
         body = encode_request(request)
         owner = token if token is not None else object()
         await acquire(self._create_limiter, owner)
@@ -207,7 +211,7 @@ class Runtime:
 
     async def fetch_status(self, ticket: Ticket) -> TaskStatus:
         """GET the task's status once."""
-        self.scheduler  # noqa: B018 - raises when closed
+        self._require_running()
         url = self.transport.task_url(ticket.request_id, "status", ticket.status_url)
         resp = await self.transport.request("GET", url, kind="status")
         return parse_status(resp.json())
@@ -293,7 +297,7 @@ class Runtime:
 
     async def cancel(self, ticket: Ticket) -> bool:
         """Ask the service to cancel a task: True if accepted, False if it had finished."""
-        self.scheduler  # noqa: B018 - raises when closed
+        self._require_running()
         return await self._send_cancel(ticket)
 
     async def _send_cancel(self, ticket: Ticket) -> bool:
@@ -342,7 +346,7 @@ class Runtime:
 
     def download_session(self) -> aiohttp.ClientSession:
         """The open aiohttp session, for downloads (which send no key)."""
-        self.scheduler  # noqa: B018 - raises when closed
+        self._require_running()
         return self.transport.session
 
     @property
