@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         "--service-time",
         type=_service_time,
         default=ServiceTime.fixed(2.0),
-        help="fixed:S | uniform:LO,HI | lognormal:MEDIAN,SIGMA (seconds)",
+        help="fixed:S | uniform:LO,HI | lognormal:MEDIAN,SIGMA (seconds); a suffix @AT*FACTOR "
+        "makes tasks created from AT s after the start FACTOR times slower",
     )
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

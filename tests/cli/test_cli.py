@@ -57,6 +57,14 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
 
 
+def test_emulator_help_names_the_service_time_drift(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["emulator", "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert "lognormal:MEDIAN,SIGMA" in out and "@AT*FACTOR" in out
+
+
 def test_demo_downloads_reports_and_keeps_the_key_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
