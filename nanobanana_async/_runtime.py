@@ -23,7 +23,7 @@ import anyio.abc
 from ._http._retry import RetryPolicy
 from ._http._transport import Transport
 from ._http._wire import encode_request, parse_status, parse_ticket
-from ._polling._entry import TaskEntry
+from ._polling._entry import Listener, Observer, TaskEntry
 from ._polling._policy import PollPolicy
 from ._polling._scheduler import Clock, PollScheduler, acquire, unwrap
 from .errors import (
@@ -228,6 +228,31 @@ class Runtime:
         return self.scheduler.watch(
             ticket, submitted_at=submitted_at, expect_image=expect_image, size_class=size_class
         )
+
+    async def watch_and_poll(
+        self,
+        ticket: Ticket,
+        *,
+        submitted_at: float,
+        expect_image: bool | None,
+        size_class: str | None,
+        listener: Listener,
+        observer: Observer | None = None,
+    ) -> TaskEntry:
+        """``watch`` with a completion listener (and a status observer); a first poll due at
+        once is sent from the caller's task, so the listener may have run when this returns."""
+        return await self.scheduler.watch_and_poll(
+            ticket,
+            submitted_at=submitted_at,
+            expect_image=expect_image,
+            size_class=size_class,
+            listener=listener,
+            observer=observer,
+        )
+
+    def watched(self, request_id: str) -> TaskEntry | None:
+        """The live entry of a task the scheduler polls, if any."""
+        return self._scheduler.entry(request_id) if self._scheduler is not None else None
 
     async def wait(
         self,

@@ -2,7 +2,8 @@
 
 Each task answers ``202`` IN_PROGRESS on its response route for ``pending_polls`` polls, then the
 ``result`` body (an image output by default). Every request is counted per route and request id,
-so tests can assert exactly what the SDK sent. ``stall_cancel`` makes the cancel route hang.
+so tests can assert exactly what the SDK sent. ``stall_cancel`` makes the cancel route hang,
+``stall_response`` the response route.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ class StandIn:
         pending_polls: int = 1,
         result: Callable[[str], tuple[int, bytes]] | None = None,
         stall_cancel: bool = False,
+        stall_response: bool = False,
     ) -> None:
         self.pending_polls = pending_polls
         self.result = result or (lambda rid: (200, _json({"request_id": rid, "outputs": [IMAGE]})))
         self.stall_cancel = stall_cancel
+        self.stall_response = stall_response
         self.hits: collections.Counter[tuple[str, str]] = collections.Counter()
         self.log: list[tuple[str, str]] = []
         self.cancelled: set[str] = set()
@@ -59,6 +62,8 @@ class StandIn:
     async def response(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
         self._hit("response", rid)
+        if self.stall_response:
+            await anyio.sleep_forever()
         if rid in self.cancelled:
             body = {"status": "COMPLETED", "error": "cancelled", "error_type": "CANCELED"}
             return web.json_response(body)

@@ -17,6 +17,7 @@ running, per ``cancel_on_abandon``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -154,7 +155,7 @@ class _Engine:
         # Slots: items read and not yet consumed. A counter and one event, not a limiter: the
         # hot path takes and gives a slot per item without a loop round-trip.
         self._free = options.max_in_flight
-        self._slot_waiters: collections.deque[anyio.Event] = collections.deque()
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._workers = max(
             1, min(options.max_in_flight, runtime.transport.limits.max_concurrent_creates)
         )
@@ -166,7 +167,7 @@ class _Engine:
         # Outcomes ready for the consumer (at most max_in_flight: each holds a slot) and the one
         # consumer waiting for the next; taking a ready outcome does not yield to the loop.
         self._ready: collections.deque[Outcome] = collections.deque()
-        self._outcome_waiter: anyio.Event | None = None
+        self._outcome_waiter: asyncio.Future[None] | None = None
         self._ended = False
         self._closed = False
         self._items: dict[int, _Item] = {}
@@ -201,9 +202,9 @@ class _Engine:
             self._runtime.spawn(self._run, on_error=self._fail, name="nanobanana-batch")
         ready = self._ready
         while not ready and not self._ended and not self._closed:
-            waiter = self._outcome_waiter = anyio.Event()
+            waiter = self._outcome_waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter.wait()
+                await waiter
             except BaseException:
                 self.abandon()
                 raise
@@ -244,27 +245,33 @@ class _Engine:
         if self._free > 0 and not self._slot_waiters:
             self._free -= 1
             return
-        waiter = anyio.Event()  # first come, first served: a freed slot wakes one worker
+        # First come, first served: a freed slot wakes one worker. The wake-ups here and in
+        # ``next_outcome`` are bare loop futures (one per wait, each set at most once): an
+        # anyio Event costs a backend lookup and a second object on every item's path.
+        waiter = asyncio.get_running_loop().create_future()
         self._slot_waiters.append(waiter)
         try:
-            await waiter.wait()
+            await waiter
         except BaseException:
-            if waiter.is_set():  # handed a slot just as this worker was cancelled
-                self._give_slot()
+            if waiter.done() and not waiter.cancelled():
+                self._give_slot()  # handed a slot just as this worker was cancelled
             else:
-                self._slot_waiters.remove(waiter)
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
             raise
 
     def _give_slot(self) -> None:
-        if self._slot_waiters:
-            self._slot_waiters.popleft().set()  # the slot passes straight to the waiter
-        else:
-            self._free += 1
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():  # not a worker cancelled while it waited
+                waiter.set_result(None)  # the slot passes straight to the waiter
+                return
+        self._free += 1
 
     def _wake_consumer(self) -> None:
-        if self._outcome_waiter is not None:
-            self._outcome_waiter.set()
-            self._outcome_waiter = None
+        waiter, self._outcome_waiter = self._outcome_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _run(self) -> None:
         try:
@@ -392,7 +399,7 @@ class _Engine:
             if sent is None:
                 return
             ticket = sent
-        self._watch(item, request, ticket)
+        await self._watch(item, request, ticket)
 
     async def _send_create(
         self, item: _Item, request: GenerationRequest, *, retrying: NanoBananaError | None = None
@@ -416,25 +423,33 @@ class _Engine:
             item.request_ids.append(sent.request_id)
         return sent
 
-    def _watch(self, item: _Item, request: GenerationRequest, ticket: Ticket) -> None:
+    async def _watch(self, item: _Item, request: GenerationRequest, ticket: Ticket) -> None:
+        """Hand the task to the scheduler (whose first poll, if due at once, runs here)."""
         item.request_id = ticket.request_id
         item.submitted_at = self._runtime.now()
         self._emit(EventKind.SUBMITTED, item)
+        observer = None
+        if self._on_event is not None:
+
+            def observer(_: TaskEntry, status: TaskStatus) -> None:
+                self._on_status(item, status)
+
         try:
-            entry = self._runtime.watch(
+            item.entry = await self._runtime.watch_and_poll(
                 ticket,
                 submitted_at=item.submitted_at,
                 expect_image=request.wants_image,
                 size_class=request.size_class,
+                listener=lambda entry: self._on_done(item, entry),
+                observer=observer,
             )
         except ClientStateError as exc:
             logger.error("task %s created but cannot be watched: %s", ticket.request_id, exc)
             self._deliver(item, error=exc)
-            return
-        item.entry = entry
-        entry.listeners.append(lambda e: self._on_done(item, e))
-        if self._on_event is not None:
-            entry.observers.append(lambda e, s: self._on_status(item, s))
+        except BaseException:
+            # Cancelled during the first poll: the cleanup must still find (and cancel) the task.
+            item.entry = self._runtime.watched(ticket.request_id)
+            raise
 
     async def _retry(self, item: _Item, error: NanoBananaError) -> None:
         """Create the item's task again after a failure the task-retry policy covers."""
@@ -465,7 +480,7 @@ class _Engine:
             )
             sent = await self._send_create(item, item.request, retrying=error)
             if sent is not None:
-                self._watch(item, item.request, sent)
+                await self._watch(item, item.request, sent)
         except Exception as exc:
             logger.exception("retrying item %d failed", item.index)
             self._fail(exc)

@@ -148,13 +148,16 @@ class Transport:
         extra = _check_headers(headers)
         given = {name.lower() for name in extra}
         defaults = {k: v for k, v in _PLAIN_HEADERS.items() if k.lower() not in given}
-        # The user's headers go to the API origin only, with the key: never to a CDN.
+        # The user's headers go to the API origin only, with the key: never to a CDN. They go
+        # with each request, not as session headers: aiohttp copies a session's headers into
+        # the proxy's headers, where the key would reach the proxy.
         self._api_headers = {**defaults, **extra, "Authorization": self._auth}
         self._queue_url = f"{self.base_url}/v1/queue/{quote(model, safe='')}"
         self._warned_foreign = False
         self._session: aiohttp.ClientSession | None = None
         self._download_session: aiohttp.ClientSession | None = None
         self._http: _RequestFunc = _not_open
+        self._now: Callable[[], float] = time.monotonic  # the loop's clock once open
         self.requests_sent = 0
         self.rate_limited = 0
         # One pacer for every request of the client: creates and polls share the account's limit
@@ -164,6 +167,14 @@ class Transport:
     def __repr__(self) -> str:
         return f"<Transport {self.base_url!r} model={self.model!r}>"
 
+    def _unpaced(self) -> bool:
+        """True when the pacer lets the next request go without waiting (no 429 seen yet)."""
+        pacer = self.pacer
+        if not isinstance(pacer, AdaptiveRateLimiter):
+            return False  # a shared budget may wait (and asks Redis): keep the deadline scope
+        core = pacer.core
+        return core.fill_rate is None and self._now() >= core.hold_until
+
     async def open(self) -> None:
         """Create the sessions (call from inside the event loop).
 
@@ -172,7 +183,8 @@ class Transport:
         Raises ``ValidationError`` before any request if the environment would send the key
         in clear through a proxy.
         """
-        self.pacer.use_clock(asyncio.get_running_loop().time)  # no backend lookup per request
+        self._now = asyncio.get_running_loop().time
+        self.pacer.use_clock(self._now)  # no backend lookup per request
         proxy = self.proxy
         proxy_headers = _basic(self._proxy_credentials)
         if proxy is None and self.trust_env:
@@ -318,9 +330,27 @@ class Transport:
             # Hot path of the poll scheduler: one attempt, every status handled by the caller;
             # the session's total timeout bounds it, so no deadline scope is needed.
             return await self._send(method, url, kind, json_body, 1)
+        deadline = self.timeout.deadline
+        first: NanoBananaError | None = None
         try:
-            with anyio.fail_after(self.timeout.deadline):
-                return await self._with_retries(method, url, kind, json_body, policy, ok_statuses)
+            if self._unpaced():
+                # The first attempt cannot wait before it is sent, and the session's total
+                # timeout (the deadline) bounds the exchange: a deadline scope (a timer and
+                # a cancel scope per call) is needed only once a retry is due.
+                started = self._now()
+                try:
+                    response = await self._send(method, url, kind, json_body, 1)
+                except NanoBananaError as exc:
+                    first = exc
+                else:
+                    if response.status < 300 or response.status in ok_statuses:
+                        return response
+                    first = error_from_response(response.status, response.headers, response.body)
+                deadline = max(0.0, deadline - (self._now() - started))
+            with anyio.fail_after(deadline):
+                return await self._with_retries(
+                    method, url, kind, json_body, policy, ok_statuses, first
+                )
         except _TIMEOUTS as exc:
             if isinstance(exc, NanoBananaError):
                 raise
@@ -341,17 +371,24 @@ class Transport:
         json_body: Mapping[str, Any] | None,
         policy: RetryPolicy,
         ok_statuses: frozenset[int],
+        first: NanoBananaError | None = None,
     ) -> Response:
+        """Attempts until success or a final error; ``first``: the failed first attempt's error
+        (already sent by the caller)."""
         attempt = limited = 0
         while True:
             attempt += 1
-            try:
-                response = await self._send(method, url, kind, json_body, attempt + limited)
-                if response.status < 300 or response.status in ok_statuses:
-                    return response
-                raise error_from_response(response.status, response.headers, response.body)
-            except NanoBananaError as exc:
-                error: NanoBananaError = exc
+            if first is not None:
+                error: NanoBananaError = first
+                first = None
+            else:
+                try:
+                    response = await self._send(method, url, kind, json_body, attempt + limited)
+                    if response.status < 300 or response.status in ok_statuses:
+                        return response
+                    raise error_from_response(response.status, response.headers, response.body)
+                except NanoBananaError as exc:
+                    error = exc
             if kind == "create":
                 if not may_retry_create(error):
                     raise _as_create_error(error, json_body)

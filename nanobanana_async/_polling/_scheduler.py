@@ -46,7 +46,7 @@ from ..errors import (
     error_from_response,
 )
 from ..models import GenerationResult, TaskState, TaskStatus, Ticket
-from ._entry import Phase, TaskEntry
+from ._entry import Listener, Observer, Phase, TaskEntry
 from ._model import CompletionModel
 from ._policy import PollPolicy
 
@@ -185,6 +185,10 @@ class PollScheduler:
         """Number of tasks being polled (QUEUED or POLLING)."""
         return len(self._entries)
 
+    def entry(self, request_id: str) -> TaskEntry | None:
+        """The live entry of a task, if it is watched."""
+        return self._entries.get(request_id)
+
     def entries(self) -> list[TaskEntry]:
         """A snapshot of the live entries."""
         return list(self._entries.values())
@@ -198,13 +202,70 @@ class PollScheduler:
         submitted_at: float | None = None,
         expect_image: bool | None = None,
         size_class: str | None = None,
+        listener: Listener | None = None,
+        observer: Observer | None = None,
     ) -> TaskEntry:
         """Start polling a task (or return the live entry already polling it).
 
         ``expect_image``: the request asked for images, so a result without one is a
         ``NoImageError`` (None: not known, e.g. a task watched by id only). ``size_class``
         (e.g. the image size, ``"4K"``): tasks of one class get their own completion model.
+        ``listener``: called once with the entry when the task finishes; ``observer`` with
+        each status change its polls see.
         """
+        entry, new = self._register(
+            ticket, submitted_at, expect_image, size_class, listener, observer
+        )
+        if new:
+            self._push(entry, self._next_due(entry, entry.submitted_at))
+        return entry
+
+    async def watch_and_poll(
+        self,
+        ticket: Ticket,
+        *,
+        submitted_at: float | None = None,
+        expect_image: bool | None = None,
+        size_class: str | None = None,
+        listener: Listener | None = None,
+        observer: Observer | None = None,
+    ) -> TaskEntry:
+        """``watch``, and when the task's first poll is due at once, send it from the caller's
+        task (no hand-off to the loop and no task spawned: the hot path of instant tasks).
+
+        Otherwise (not due yet, no free poll slot, a poll budget, a task already watched) the
+        loop polls it as usual. ``listener`` is attached before any poll can finish the task.
+        """
+        entry, new = self._register(
+            ticket, submitted_at, expect_image, size_class, listener, observer
+        )
+        if not new:
+            return entry
+        due = self._next_due(entry, entry.submitted_at)
+        if due > self._clock.now() or self._budget is not None:
+            self._push(entry, due)
+            return entry
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(entry)
+        except anyio.WouldBlock:
+            self._push(entry, due)
+            return entry
+        entry.due = due
+        entry.move(Phase.POLLING)
+        self.polls_in_flight += 1
+        await self._poll(entry, inline=True)
+        return entry
+
+    def _register(
+        self,
+        ticket: Ticket,
+        submitted_at: float | None,
+        expect_image: bool | None,
+        size_class: str | None,
+        listener: Listener | None,
+        observer: Observer | None,
+    ) -> tuple[TaskEntry, bool]:
+        """The live entry of the task (created, not yet scheduled, when new) and whether new."""
         if self._closed:
             raise ClientStateError("the client is closed")
         entry = self._entries.get(ticket.request_id)
@@ -213,16 +274,23 @@ class PollScheduler:
                 entry.expect_image = expect_image
             if entry.size_class is None:
                 entry.size_class = size_class
-            return entry
+            if listener is not None:
+                entry.listeners.append(listener)
+            if observer is not None:
+                entry.observers.append(observer)
+            return entry, False
         url = self._transport.task_url(ticket.request_id, "response", ticket.response_url)
         now = self._clock.now()
         entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
         entry.queue_position = ticket.queue_position
         entry.expect_image = expect_image
         entry.size_class = size_class
+        if listener is not None:
+            entry.listeners.append(listener)
+        if observer is not None:
+            entry.observers.append(observer)
         self._entries[ticket.request_id] = entry
-        self._push(entry, self._next_due(entry, entry.submitted_at))
-        return entry
+        return entry, True
 
     def _push(self, entry: TaskEntry, due: float) -> None:
         """Put a QUEUED entry in the heap at ``due`` (any older heap item of it goes stale)."""
@@ -416,11 +484,22 @@ class PollScheduler:
             return self.model.completion_probability(last, elapsed, size_class=entry.size_class)
         return min(1.0, (elapsed - last) / max(elapsed, 1e-9))
 
-    async def _poll(self, entry: TaskEntry) -> None:
-        entry.poll_scope = scope = anyio.CancelScope()
+    async def _poll(self, entry: TaskEntry, *, inline: bool = False) -> None:
+        """One poll of a POLLING entry, its slot released and its phase settled at the end.
+
+        A poll the loop spawned gets a cancel scope that ``drop`` cancels. An ``inline`` poll
+        runs in the caller's task, which the caller's own cancellation stops; dropped meanwhile,
+        its answer is discarded (the entry is no longer live).
+        """
+        scope = None if inline else anyio.CancelScope()
+        entry.poll_scope = scope
         try:
             # Abandoned between the launch and this task's first step: send nothing.
-            if entry.phase is Phase.POLLING:
+            if entry.phase is not Phase.POLLING:
+                pass
+            elif scope is None:
+                await self._poll_once(entry)
+            else:
                 with scope:
                     await self._poll_once(entry)
         except NanoBananaError as exc:

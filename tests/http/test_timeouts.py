@@ -255,6 +255,32 @@ async def test_body_trickling_past_deadline_times_out_the_poll_path() -> None:
     assert elapsed < 3
 
 
+async def test_the_deadline_counts_the_first_attempt_when_a_retry_stalls() -> None:
+    # The first attempt runs without a deadline scope of its own (the session's total timeout
+    # bounds it); the retries after it get what is left of the deadline, not a fresh one.
+    attempts = 0
+
+    async def slow_503_then_stall(ex: Exchange) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await asyncio.sleep(0.3)
+            await ex.json({"error": "busy"}, status=503)
+        else:
+            await ex.stall()
+
+    async with StandIn(status=slow_503_then_stall) as server:
+        timeout = Timeout(connect=1, read=5, deadline=0.6)
+        retry = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+        async with client_for(server, timeout=timeout, retry=retry) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError):
+                await client.status("req-1")
+            elapsed = time.monotonic() - started
+    assert server.seen.count("status") == 2
+    assert 0.55 < elapsed < 0.85  # 0.6 s in all, not 0.3 s plus a fresh 0.6 s
+
+
 # -- (c) a connection that is never accepted ------------------------------------------------
 
 

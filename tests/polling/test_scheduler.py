@@ -763,3 +763,113 @@ async def test_completed_without_a_result_does_not_poll_in_a_loop() -> None:
         await r.clock.advance(1.0)
         at_once = r.transport.times("a").count(r.clock.now())
         assert at_once <= 2, f"{at_once} requests at one instant"
+
+
+# -- the first poll sent from the caller's task (watch_and_poll) ----------------------------------
+
+INSTANT = attrs.evolve(BACKOFF, initial_delay=0.0)
+
+
+async def test_a_first_poll_due_at_once_runs_in_the_callers_task() -> None:
+    async with rig(INSTANT) as r:
+        r.transport.script("a", result())
+        ended: list[TaskEntry] = []
+        seen_from: list[object] = []
+
+        def listener(entry: TaskEntry) -> None:
+            ended.append(entry)
+            seen_from.append(anyio.get_current_task().id)
+
+        polls_before = r.scheduler.polls_sent
+        entry = await r.scheduler.watch_and_poll(Ticket("a"), listener=listener)
+        # Done when the call returns: the GET was sent and answered in this task, before any
+        # hand-off to the loop, and the listener (attached first) was called here too.
+        assert entry.done and ended == [entry]
+        assert seen_from == [anyio.get_current_task().id]
+        assert r.scheduler.polls_sent == polls_before + 1
+        assert r.transport.times("a") == [r.clock.now()]
+        assert r.scheduler._limiter.borrowed_tokens == 0
+        assert r.live_heap_items(entry) == 0 and r.scheduler._heap == []
+        r.assert_watching(entry)
+
+
+async def test_a_first_poll_not_due_yet_is_left_to_the_loop() -> None:
+    async with rig() as r:  # initial_delay 1 s
+        r.transport.script("a", result())
+        t0 = r.clock.now()
+        entry = await r.scheduler.watch_and_poll(Ticket("a"))
+        assert r.transport.requests == [] and entry.phase is Phase.QUEUED
+        assert r.live_heap_items(entry) == 1
+        await r.clock.run_until(lambda: entry.done)
+        assert r.transport.times("a") == [t0 + 1.0]
+
+
+async def test_no_free_poll_slot_leaves_the_first_poll_to_the_loop() -> None:
+    async with rig(INSTANT, max_concurrent_polls=1) as r:
+        r.transport.script("a", result())
+        r.transport.script("b", result())
+        r.transport.hold("a")
+        a = r.watch("a")
+        await r.clock.advance(0.0)
+        assert a.phase is Phase.POLLING  # a holds the only slot
+        b = await r.scheduler.watch_and_poll(Ticket("b"))
+        assert b.phase is Phase.QUEUED and r.transport.for_task("b") == []
+        r.transport.release("a")
+        await r.clock.run_until(lambda: b.done)
+        assert r.transport.max_in_flight == 1
+
+
+async def test_under_a_poll_budget_the_loop_keeps_the_first_poll() -> None:
+    async with rig(attrs.evolve(INSTANT, max_polls_per_second=5.0)) as r:
+        r.transport.script("a", result())
+        entry = await r.scheduler.watch_and_poll(Ticket("a"))
+        assert entry.phase is Phase.QUEUED and r.transport.requests == []
+        await r.clock.run_until(lambda: entry.done)
+
+
+async def test_a_pending_first_poll_is_requeued_for_the_loop() -> None:
+    async with rig(INSTANT) as r:
+        r.transport.script("a", pending("IN_PROGRESS"), result())
+        t0 = r.clock.now()
+        entry = await r.scheduler.watch_and_poll(Ticket("a"))
+        assert entry.phase is Phase.QUEUED and entry.polls == 1
+        assert r.live_heap_items(entry) == 1
+        await r.clock.run_until(lambda: entry.done)
+        # then the backoff (which, from an initial delay of 0, stays at 0)
+        assert offsets(r.transport.times("a"), t0) == [0.0, INSTANT.interval(1)]
+
+
+async def test_cancelling_the_caller_during_an_inline_poll_requeues_the_task() -> None:
+    async with rig(INSTANT) as r:
+        r.transport.script("a", result())
+        r.transport.hold("a")
+        with anyio.move_on_after(0.05):  # real seconds: the held GET never answers
+            await r.scheduler.watch_and_poll(Ticket("a"))
+        entry = r.scheduler.entry("a")
+        assert entry is not None and entry.phase is Phase.QUEUED
+        assert r.transport.for_task("a")[0].outcome == "cancelled"
+        assert r.scheduler._limiter.borrowed_tokens == 0
+        assert r.scheduler.polls_in_flight == 0
+        r.transport.release("a")
+        await r.clock.run_until(lambda: entry.done)  # the loop polls it again
+        assert isinstance(entry.outcome, GenerationResult)
+
+
+async def test_an_inline_poll_dropped_meanwhile_discards_its_answer() -> None:
+    async with rig(INSTANT) as r:
+        r.transport.script("a", result())
+        ended: list[TaskEntry] = []
+
+        async def drop_it(_: FakeRequest) -> None:
+            entry = r.scheduler.entry("a")
+            assert entry is not None and entry.phase is Phase.POLLING
+            assert r.scheduler.drop(entry)
+
+        r.transport.on_request("a", drop_it)
+        entry = await r.scheduler.watch_and_poll(Ticket("a"), listener=ended.append)
+        assert entry.phase is Phase.ABANDONED and entry.outcome is None
+        assert ended == []  # dropped: nobody is told of an outcome
+        assert r.scheduler._limiter.borrowed_tokens == 0
+        await r.clock.advance(100)
+        assert len(r.transport.for_task("a")) == 1
+        assert r.live_heap_items(entry) == 0
