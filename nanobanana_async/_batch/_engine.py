@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -159,7 +160,7 @@ class _Engine:
         self._workers = max(
             1, min(options.max_in_flight, runtime.transport.limits.max_concurrent_creates)
         )
-        self._reader = _InputReader(source, chunk=min(32, options.max_in_flight))
+        self._reader = _InputReader(source, chunk=min(256, options.max_in_flight))
         self._read_scopes: set[anyio.CancelScope] = set()
         self._next_index = 0
         rate = options.submit_rate
@@ -672,8 +673,10 @@ class _InputReader:
 
     An in-memory collection is iterated inline. Any other sync iterable (a file, a generator)
     may block, so it is read on a worker thread, up to ``chunk`` items per trip (the read-ahead
-    is bounded). An async iterable is awaited under a lock (it cannot be read concurrently).
-    An error of the input is raised once the items read before it were handed out.
+    is bounded), and fewer when the input is slow (a trip ends ``_READ_BUDGET`` seconds after
+    it began, once it has an item). An async iterable is awaited under a lock (it cannot be
+    read concurrently). An error of the input is raised once the items read before it were
+    handed out.
     """
 
     def __init__(self, source: RequestSource, *, chunk: int) -> None:
@@ -727,12 +730,21 @@ class _InputReader:
             raise StopAsyncIteration
 
 
+# A trip to the reading thread returns after this long once it has an item: a fast input is
+# read in chunks (one trip per ``chunk`` items), a slow one item by item, never held back.
+_READ_BUDGET = 0.02
+
+
 def _read_chunk(iterator: Iterator[Any], size: int) -> tuple[list[Any], bool, BaseException | None]:
-    """Up to ``size`` items (runs on a worker thread): (items, exhausted, the input's error)."""
+    """Up to ``size`` items, fewer if the input is slow (runs on a worker thread):
+    (items, exhausted, the input's error)."""
     items: list[Any] = []
+    give_up = time.monotonic() + _READ_BUDGET
     try:
         for _ in range(size):
             items.append(next(iterator))
+            if time.monotonic() > give_up:
+                break
     except StopIteration:
         return items, True, None
     except Exception as exc:  # noqa: BLE001 - the user's input: raised to the consumer later

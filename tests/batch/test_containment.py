@@ -203,6 +203,25 @@ async def test_options_object_and_keywords_validate_before_any_request() -> None
         assert standin.count("create") == 3
 
 
+async def test_a_slow_sync_input_is_not_held_back_to_fill_a_chunk() -> None:
+    import time
+
+    def trickle() -> Iterator[str]:
+        for i in range(6):
+            yield f"line {i}"
+            time.sleep(0.3)  # a pipe that brings a line now and then
+
+    async with serve(StandIn(pending_polls=0)) as standin, client(standin) as c:
+        started = time.monotonic()
+        stream = c.stream(trickle(), max_in_flight=8)
+        first = await stream.__anext__()
+        waited = time.monotonic() - started
+        rest = [o async for o in stream]
+        assert first.ok and len(rest) == 5
+        # The first line was sent on arrival, not once 8 lines (2.4 s) were read ahead.
+        assert waited < 1.0, f"first outcome after {waited:.2f} s"
+
+
 async def test_blocking_sync_input_does_not_stall_the_loop() -> None:
     import time
 
