@@ -16,7 +16,16 @@ Requests = creates + status polls + result polls of the peer's own request ids (
 Detection delay = the monotonic time the client held the result − the emulator's ``completed_at``
 (CLOCK_MONOTONIC is shared by processes on Linux), reported in service seconds (÷ scale).
 
+Client CPU per request = the peer's client CPU seconds ÷ its requests, per run; the SDK ÷ gather
+ratio of it is taken within each repeat (the two ran against the same emulator minutes apart).
+
+``--real-time`` runs the web-backend pace of issue 14 instead (time scale 1.0: 200 tasks, 50 in
+flight, 40 SDK warm-up tasks, one repeat unless ``--repeats`` says more) and saves it apart, in
+``results/peers_realtime.json``, so the scaled run's figures stay as they are. At that pace the
+cost is not saturation but wake-ups: what the SDK does per request beyond the plain loop.
+
     python -m benchmarks.peers [--quick] [--tasks 1000] [--concurrency 100] [--repeats 3]
+    python -m benchmarks.peers --real-time [--repeats 3]
 """
 
 from __future__ import annotations
@@ -50,6 +59,9 @@ FAL_APP = "fal-ai/nano-banana-pro"
 FAL_DEFAULT_INTERVAL = 0.1  # fal_client.client.DEFAULT_QUEUE_POLL_INTERVAL in 1.0.3
 DOCS_INTERVAL = 3.0  # the provider's documented polling example
 PEERS = ("sdk", "fal-client", "gather")
+# The real-time run (issue 14): a web backend's pace, every setting fixed.
+REAL_TIME = {"scale": 1.0, "tasks": 200, "concurrency": 50, "warmup": 40, "repeats": 1}
+REAL_TIME_QUICK_TASKS, REAL_TIME_QUICK_WARMUP = 50, 20  # one wave: about a minute per peer
 
 
 class FalEmulator(StandaloneEmulator):
@@ -222,6 +234,7 @@ def _run_peer(emu: FalEmulator, peer: str, args: argparse.Namespace, tag: str) -
     return {
         "wall_s": out["wall"],
         "requests": requests,
+        "cpu_ms_per_request": 1000 * out["cpu"] / max(1, requests),
         "requests_per_task": requests / max(1, len(ids)),
         "requests_delta_all": stats["requests"] - before["requests"],
         "client_cpu_s": out["cpu"],
@@ -286,6 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "requests",
                 "requests_per_task",
                 "client_cpu_s",
+                "cpu_ms_per_request",
                 "client_peak_rss_mb",
                 "emulator_cpu_s",
                 "mean_delay_s",
@@ -294,6 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         summary[peer]["ok"] = [r["ok"] for r in results]
         summary[peer]["runs"] = results
+    ratio = cpu_ratio(runs.get("sdk", []), runs.get("gather", []))
     fal_version = None
     if "fal-client" not in skipped or "not installed" not in skipped["fal-client"]:
         fal_version = importlib.metadata.version("fal-client")
@@ -309,13 +324,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "gather": DOCS_INTERVAL * args.scale,
         },
         "fal_client_version": fal_version,
+        "real_time": bool(getattr(args, "real_time", False)),
+        "sdk_over_gather_cpu_per_request": ratio,
         "peers": summary,
         "skipped": skipped,
     }
 
 
+def cpu_ratio(sdk: list[dict[str, Any]], gather: list[dict[str, Any]]) -> dict[str, float] | None:
+    """SDK ÷ gather client CPU per request, paired by repeat (median, min, max); None if either
+    peer has no run."""
+    ratios = [_cpu_per_request(s) / _cpu_per_request(g) for s, g in zip(sdk, gather, strict=False)]
+    return median_spread(ratios) if ratios else None
+
+
+def _cpu_per_request(run: dict[str, Any]) -> float:
+    """Client CPU ms per request of one run (results saved before the field: from its parts)."""
+    if "cpu_ms_per_request" in run:
+        return float(run["cpu_ms_per_request"])
+    return 1000 * float(run["client_cpu_s"]) / max(1, int(run["requests"]))
+
+
+def cpu_per_request(peer: dict[str, Any]) -> float:
+    """A peer's median client CPU ms per request (over its runs)."""
+    if "cpu_ms_per_request" in peer:
+        return float(peer["cpu_ms_per_request"]["median"])
+    return statistics.median(_cpu_per_request(r) for r in peer["runs"])
+
+
+def sdk_over_gather(data: dict[str, Any]) -> dict[str, float] | None:
+    """The saved SDK ÷ gather ratio of CPU per request (computed for results saved without it)."""
+    if "sdk_over_gather_cpu_per_request" in data:
+        ratio: dict[str, float] | None = data["sdk_over_gather_cpu_per_request"]
+        return ratio
+    peers = data.get("peers", {})
+    if "sdk" not in peers or "gather" not in peers:
+        return None
+    return cpu_ratio(peers["sdk"].get("runs", []), peers["gather"].get("runs", []))
+
+
 def report(data: dict[str, Any]) -> str:
-    """The peers table (medians; spread of wall time as min–max)."""
+    """The peers table (medians; spread of wall time as min–max), then SDK ÷ gather CPU/request."""
     intervals = data["poll_intervals_real_s"]
     scale = data["scale"]
     rows = []
@@ -333,6 +382,7 @@ def report(data: dict[str, Any]) -> str:
                 s["requests"]["median"],
                 s["requests_per_task"]["median"],
                 s["client_cpu_s"]["median"],
+                cpu_per_request(s),
                 s["client_peak_rss_mb"]["median"],
                 s["emulator_cpu_s"]["median"],
                 s["mean_delay_s"]["median"],
@@ -348,6 +398,7 @@ def report(data: dict[str, Any]) -> str:
         "requests",
         "req/task",
         "client CPU s",
+        "CPU ms/req",
         "peak RSS MiB",
         "emulator CPU s",
         "mean delay s*",
@@ -355,6 +406,13 @@ def report(data: dict[str, Any]) -> str:
         "ok",
     ]
     lines = [table(rows, header), "* service seconds (real delay ÷ time scale)"]
+    ratio = sdk_over_gather(data)
+    if ratio is not None:
+        spread = f" ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio["min"] != ratio["max"] else ""
+        lines.append(
+            f"\nClient CPU per request, SDK ÷ gather: **{ratio['median']:.2f}×**{spread} "
+            "(paired by repeat)."
+        )
     for peer, why in data["skipped"].items():
         lines.append(f"{peer}: NOT MEASURED — {why}")
     return "\n".join(lines)
@@ -364,10 +422,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run P5 and print its table (or, with --worker, one peer's batch as JSON)."""
     parser = argparse.ArgumentParser(prog="benchmarks peers")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--real-time",
+        action="store_true",
+        help="issue 14's web-backend pace: scale 1.0, 200 tasks, 50 in flight, 40 warm-up "
+        "(saved to results/peers_realtime.json)",
+    )
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=100, help="N: in flight per peer")
     parser.add_argument("--warmup", type=int, default=100, help="SDK warm-up tasks, not counted")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="3 (real time: 1)")
     parser.add_argument("--scale", type=float, default=0.05)
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -376,15 +440,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
-    if args.quick:
+    name = "peers"
+    if args.real_time:
+        name = "peers_realtime"
+        for key, value in REAL_TIME.items():
+            if key != "repeats" or args.repeats is None:
+                setattr(args, key, value)
+        if args.quick:
+            args.tasks, args.warmup, args.repeats = REAL_TIME_QUICK_TASKS, REAL_TIME_QUICK_WARMUP, 1
+    elif args.quick:
         args.tasks, args.repeats = 100, 1
+    if args.repeats is None:
+        args.repeats = 3
     data = run(args)
     print(
         f"P5 peers: lognormal(median {MEDIAN} s, σ {SIGMA}) × scale {args.scale}, "
         f"{args.tasks} tasks, {args.concurrency} in flight, {args.repeats} run(s) each"
     )
     print(report(data))
-    save("peers", data, quick=args.quick)
+    save(name, data, quick=args.quick)
     return data
 
 

@@ -82,8 +82,20 @@ SECTIONS = [
         "low requests/task is not efficiency: it is CPU-bound (its client CPU ≈ its wall time) "
         "and cannot keep its 0.1 s interval, hence its long detection delay.",
     ),
+    (
+        "peers_realtime",
+        "P5 (real time) — peers at a web backend's pace",
+        peers.report,
+        "The same three clients at time scale 1.0 (200 tasks of median 20 s, 50 in flight, 40 "
+        "SDK warm-up tasks; `python -m benchmarks peers --real-time`), beside the scaled run "
+        "above. At this pace no client is busy: the cost is the wake-ups between polls, so the "
+        "figure that matters is client CPU per request (measured after imports and warm-up). "
+        "Target: the SDK's at most 1.2× the gather loop's.",
+    ),
 ]
 
+# The command that measures a section, where it is not `python -m benchmarks <name>`.
+RUN = {"peers_realtime": "peers --real-time"}
 
 QUICK_NOTE = (
     "**Quick run** (`--quick`: fewer tasks, repeats and sizes): smoke figures, not for the "
@@ -165,11 +177,20 @@ def _ratelimit(data: dict[str, Any]) -> Iterator[Check]:
         yield _check("P4", f"overall 429 share {at}", 100 * r["share_429"], "≤", 2, "{:.2f}%")
 
 
+def _peers_realtime(data: dict[str, Any]) -> Iterator[Check]:
+    ratio = peers.sdk_over_gather(data)
+    figure = None if ratio is None else ratio["median"]
+    yield _check(
+        "P5", "real time: SDK ÷ gather client CPU per request", figure, "≤", 1.2, "{:.2f}×"
+    )
+
+
 TARGETS: dict[str, Callable[[dict[str, Any]], Iterator[Check]]] = {
     "overhead": _overhead,
     "polling": _polling,
     "scale": _scale,
     "ratelimit": _ratelimit,
+    "peers_realtime": _peers_realtime,
 }
 
 
@@ -328,7 +349,7 @@ def render(*, quick: bool = False) -> str:
         lines += [f"## {title}", "", blurb, ""]
         data = results.get(name)
         if data is None:
-            lines += [f"_Not run yet: `python -m benchmarks {name}`._", ""]
+            lines += [f"_Not run yet: `python -m benchmarks {RUN.get(name, name)}`._", ""]
             continue
         machine = data.get("machine", {})
         if data.get("quick") or quick:

@@ -59,3 +59,57 @@ def test_the_page_lists_every_miss_and_labels_quick_figures(
     assert "- P4: overall 429 share (R = 50 req/s) ≤ 2.00% — measured 8.00%" in page
     assert page.count(report.QUICK_NOTE) == 2  # at the top, and on the section itself
     assert "_Not run yet: `python -m benchmarks overhead`._" in page
+
+
+def _peer_run(cpu_s: float, requests: int) -> dict[str, Any]:
+    return {
+        "client_cpu_s": cpu_s,
+        "requests": requests,
+        "cpu_ms_per_request": 1000 * cpu_s / requests,
+    }
+
+
+def _peers_data(sdk_cpu: float, gather_cpu: float) -> dict[str, Any]:
+    """A real-time P5 result as peers.run returns it (one repeat, no fal-client)."""
+    from benchmarks import peers
+
+    def summary(cpu: float, requests: int) -> dict[str, Any]:
+        run = {**_peer_run(cpu, requests), "wall_s": 120.0, "requests_per_task": requests / 200,
+               "client_peak_rss_mb": 40.0, "emulator_cpu_s": 1.0, "mean_delay_s": 1.0,
+               "p95_delay_s": 2.0}  # fmt: skip
+        out: dict[str, Any] = {k: {"median": v, "min": v, "max": v} for k, v in run.items()}
+        return {**out, "ok": [200], "runs": [run]}
+
+    sdk, gather = summary(sdk_cpu, 2000), summary(gather_cpu, 2000)
+    return {
+        "scale": 1.0, "tasks": 200, "concurrency": 50, "real_time": True,
+        "poll_intervals_real_s": {"sdk": "adaptive", "gather": 3.0},
+        "sdk_over_gather_cpu_per_request": peers.cpu_ratio(sdk["runs"], gather["runs"]),
+        "peers": {"sdk": sdk, "gather": gather}, "skipped": {"fal-client": "not installed"},
+    }  # fmt: skip
+
+
+def test_real_time_peers_judge_cpu_per_request_against_the_gather_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [check] = report.checks("peers_realtime", _peers_data(1.89, 0.46))
+    assert (check.met, check.shown) == (False, "4.11×")
+    assert check.target == "real time: SDK ÷ gather client CPU per request ≤ 1.20×"
+    [check] = report.checks("peers_realtime", _peers_data(0.55, 0.46))
+    assert (check.met, check.shown) == (True, "1.20×")
+    # Results saved before the ratio was: computed from the runs; no gather run: not measured.
+    data = _peers_data(0.92, 0.46)
+    del data["sdk_over_gather_cpu_per_request"]
+    assert report.checks("peers_realtime", data)[0].shown == "2.00×"
+    del data["peers"]["gather"]
+    assert report.checks("peers_realtime", data)[0].met is None
+    # The page: the real-time table next to the scaled one, with CPU per request and the ratio.
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "plots", lambda results: {})  # writes no docs/img
+    assert "_Not run yet: `python -m benchmarks peers --real-time`._" in report.render()
+    (tmp_path / "peers_realtime.json").write_text(json.dumps(_peers_data(1.89, 0.46)))
+    page = report.render()
+    section = page[page.index("## P5 (real time)") :]
+    assert "| CPU ms/req |" in section and "| 0.945 " in section and "| 0.23 " in section
+    assert "Client CPU per request, SDK ÷ gather: **4.11×**" in section
+    assert "- P5: real time: SDK ÷ gather client CPU per request ≤ 1.20× — measured 4.11×" in page
