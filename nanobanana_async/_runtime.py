@@ -229,7 +229,7 @@ class Runtime:
             ticket, submitted_at=submitted_at, expect_image=expect_image, size_class=size_class
         )
 
-    async def watch_and_poll(
+    def watch_and_poll(
         self,
         ticket: Ticket,
         *,
@@ -238,10 +238,11 @@ class Runtime:
         size_class: str | None,
         listener: Listener,
         observer: Observer | None = None,
-    ) -> TaskEntry:
+    ) -> Awaitable[TaskEntry]:
         """``watch`` with a completion listener (and a status observer); a first poll due at
-        once is sent from the caller's task, so the listener may have run when this returns."""
-        return await self.scheduler.watch_and_poll(
+        once is sent from the caller's task, so the listener may have run when this returns.
+        (The scheduler's coroutine itself: no frame of its own on the hot path.)"""
+        return self.scheduler.watch_and_poll(
             ticket,
             submitted_at=submitted_at,
             expect_image=expect_image,

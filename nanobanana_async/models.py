@@ -110,9 +110,9 @@ def _check_url(url: Any, index: int) -> str:
 
 
 def _to_image_urls(value: Any) -> tuple[str, ...]:
-    allowed = f"at most {MAX_IMAGE_URLS} absolute http(s) URLs"
-    if value is None:
+    if value is None or value == ():  # the default: no check to make
         return ()
+    allowed = f"at most {MAX_IMAGE_URLS} absolute http(s) URLs"
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ValidationError("image_urls", value, "must be a list of URLs", allowed)
     urls = tuple(value)

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = ["BatchEvent", "BatchStream", "EventKind", "Outcome", "RequestLike", "RequestSource"]
 
 logger = logging.getLogger("nanobanana_async")
+_CREATE = Plan(create=True)  # the plan of every item when there is no journal
 
 
 @attrs.define(eq=False)
@@ -368,7 +369,7 @@ class _Engine:
         except ValidationError as exc:
             self._deliver(item, error=exc)
             return
-        plan = Plan(create=True)
+        plan = _CREATE
         if self._resume is not None:
             try:
                 plan = await self._resume.plan(item.index, encode_request(request))

@@ -152,6 +152,8 @@ class Transport:
         # with each request, not as session headers: aiohttp copies a session's headers into
         # the proxy's headers, where the key would reach the proxy.
         self._api_headers = {**defaults, **extra, "Authorization": self._auth}
+        # Headers sent with each API request, without and with a JSON body (set in ``open``).
+        self._per_request: tuple[dict[str, str] | None, dict[str, str]] = ({}, {})
         self._queue_url = f"{self.base_url}/v1/queue/{quote(model, safe='')}"
         self._warned_foreign = False
         self._session: aiohttp.ClientSession | None = None
@@ -215,10 +217,21 @@ class Transport:
         )
         # The API session never reads the environment: its proxy was resolved above, and
         # aiohttp's trust_env would look up ~/.netrc and the proxy variables on every request.
+        # Only URLs on the API origin go through it. Without a proxy the key and the user's
+        # headers are its own headers (no merge per request); through a proxy they go with each
+        # request instead, because aiohttp copies a session's headers into the proxy's (the
+        # CONNECT), where the key would reach the proxy.
+        session_headers = {"User-Agent": USER_AGENT}
+        json_type = {"Content-Type": "application/json"}
+        if proxy is None:
+            session_headers = {**session_headers, **self._api_headers}
+            self._per_request = (None, json_type)
+        else:
+            self._per_request = (self._api_headers, {**self._api_headers, **json_type})
         self._session = api = aiohttp.ClientSession(
             connector=connector,
             connector_owner=owned,
-            headers={"User-Agent": USER_AGENT},
+            headers=session_headers,
             timeout=timeout,
         )
         # Downloads (other origins, no key) follow aiohttp's own trust_env rules per URL.
@@ -422,17 +435,32 @@ class Transport:
         attempt: int,
     ) -> Response:
         api = self.is_api_origin(url)
-        headers = self._api_headers if api else _PLAIN_HEADERS
+        # The body is serialised here (bytes), not by aiohttp's JSON payload machinery.
+        body = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
         if api:
             await self.pacer.acquire()
+            exchange = self._http(
+                method,
+                url,
+                data=body,
+                headers=self._per_request[body is not None],
+                allow_redirects=False,
+            )
+        else:  # never through the API session, which carries the key
+            exchange = self.session.request(
+                method,
+                url,
+                data=body,
+                headers=_PLAIN_HEADERS if body is None else _PLAIN_JSON_HEADERS,
+                allow_redirects=False,
+                **self.download_proxy(url),
+            )
         started = time.monotonic()
         status: int | None = None
         error_text: str | None = None
         self.requests_sent += 1
         try:
-            async with self._http(
-                method, url, json=json_body, headers=headers, allow_redirects=False
-            ) as resp:
+            async with exchange as resp:
                 status = resp.status
                 if api:
                     if status == 429:
@@ -497,6 +525,7 @@ class Transport:
 
 
 _PLAIN_HEADERS = {"Accept": "application/json"}
+_PLAIN_JSON_HEADERS = {**_PLAIN_HEADERS, "Content-Type": "application/json"}
 # Headers the SDK sets itself (or that belong to the proxy): never taken from ``headers=``.
 _RESERVED_HEADERS = frozenset(
     {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -255,13 +256,16 @@ def parse_ticket(raw: Any) -> Ticket:
     return _structure(fields, Ticket, raw)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _usable_id(request_id: str) -> bool:
     """Whether an id can go into a URL path: encodable as UTF-8, no control characters."""
     try:
         request_id.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates, which JSON's \udXXX escapes can produce
         return False
-    return not any(ord(ch) < 32 or ord(ch) == 127 for ch in request_id)
+    return _CONTROL.search(request_id) is None
 
 
 def _present(value: Any) -> Any:
