@@ -79,7 +79,11 @@ class Response:
     def json(self) -> Any:
         """The body parsed as JSON, or ``ProtocolError``."""
         try:
-            return json.loads(self.body)
+            try:
+                text = self.body.decode()  # JSON on the wire is UTF-8 (RFC 8259)
+            except UnicodeDecodeError:
+                return json.loads(self.body)  # json's own detection (UTF-16/32) decides
+            return json.loads(text)
         except (ValueError, RecursionError):
             raise ProtocolError("response is not valid JSON", body=self.body) from None
 
