@@ -249,8 +249,12 @@ def fixed_lognormal(median: float, sigma: float, interval: float) -> tuple[float
     return polls, interval * polls - math.exp(mu + 0.5 * sigma * sigma)
 
 
-def fixed_lognormal_at_polls(median: float, sigma: float, polls: float) -> float:
-    """Expected mean delay of the fixed interval spending ``polls`` per task (lognormal)."""
+def fixed_lognormal_interval_at_polls(
+    median: float, sigma: float, polls: float
+) -> tuple[float, float]:
+    """(interval, expected mean delay) of the fixed interval spending ``polls`` per task in
+    expectation (lognormal): the best fixed interval for the true distribution, fitted to no
+    sample."""
     lo, hi = 1e-4, 1e5
     for _ in range(100):
         mid = math.sqrt(lo * hi)
@@ -258,7 +262,13 @@ def fixed_lognormal_at_polls(median: float, sigma: float, polls: float) -> float
             lo = mid
         else:
             hi = mid
-    return fixed_lognormal(median, sigma, math.sqrt(lo * hi))[1]
+    interval = math.sqrt(lo * hi)
+    return interval, fixed_lognormal(median, sigma, interval)[1]
+
+
+def fixed_lognormal_at_polls(median: float, sigma: float, polls: float) -> float:
+    """Expected mean delay of the fixed interval spending ``polls`` per task (lognormal)."""
+    return fixed_lognormal_interval_at_polls(median, sigma, polls)[1]
 
 
 def schedule_under(

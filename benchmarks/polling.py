@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import functools
 import itertools
 import math
 import random
@@ -269,10 +270,13 @@ def _versus_fixed(records: list[sim.Record]) -> dict[str, float]:
     }
 
 
-def _median_of(rows: list[dict[str, float]]) -> dict[str, Any]:
-    """Per key: the median over seeds, with the per-seed figures of the comparison."""
+def _median_of(
+    rows: list[dict[str, float]], runs: tuple[str, ...] = ("delay_vs_fixed",)
+) -> dict[str, Any]:
+    """Per key: the median over seeds, with the per-seed figures of the comparisons ``runs``."""
     out: dict[str, Any] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    out["delay_vs_fixed_runs"] = [r["delay_vs_fixed"] for r in rows]
+    for key in runs:
+        out[f"{key}_runs"] = [r[key] for r in rows]
     return out
 
 
@@ -280,38 +284,129 @@ def _learners() -> tuple[str, ...]:
     return LEARNERS if sim.legacy_available() else ("censored",)
 
 
+SHORT = (0.3, 0.5)  # (a)'s workload: lognormal(median 0.3 s, σ 0.5)
+SHORT_RUNS = ("delay_vs_fixed", "delay_vs_fixed_in_sample")
+
+
+def _versus_true_fixed(
+    records: list[sim.Record],
+    spent: tuple[float, float],
+    median: float,
+    sigma: float,
+    each: float = math.nan,
+) -> dict[str, float]:
+    """(a)'s comparison: the measured mean delay ÷ the best fixed interval's for the true
+    distribution, at the polls per task the schedules used spend in expectation (``spent``:
+    their expected polls and delay, under the true distribution); and, kept for the record, ÷
+    the fixed interval picked in hindsight on these very durations at the measured polls.
+
+    Why the true distribution, not an interval picked on an independent draw: the first is
+    fitted to no sample at all (no order-statistic advantage, no selection noise) and is the
+    best any fixed interval can do in expectation, so it is the strictest unbiased comparator.
+    An interval picked on another draw of the same size carries that draw's count of tasks
+    outlasting the first poll (about 21 ± 5 of 16,000 here), which at one poll per task moves
+    the interval, and with it the delay, by ±4% per seed; evaluated on these tasks it no longer
+    spends equal polls; and a noisy interval is on average worse than the true best (the
+    trade-off is convex), so it would flatter the policy. For the same reason equal polls
+    means the schedules' expected polls, not the measured count: the measured count carries
+    that same chance tail count, which the fixed interval's delay would amplify ~150-fold
+    (a ±4% swing per seed, and a Jensen bias); given the schedules used, the measured mean
+    delay is an unbiased estimate of theirs.
+    """
+    polls, delay = sim.summary(records)
+    interval, fixed = sim.fixed_lognormal_interval_at_polls(median, sigma, spent[0])
+    hindsight = _versus_fixed(records)
+    return {
+        "polls_per_task": polls,
+        "expected_polls_per_task": spent[0],
+        "mean_delay_s": delay,
+        "fixed_interval_s": interval,
+        "fixed_delay_s": fixed,
+        "delay_vs_fixed": delay / fixed,
+        # Noise-free: the schedules' expected delay ÷ the same best fixed interval's; and
+        # (``each``) the mean over tasks of each one's schedule against the best fixed interval
+        # at its own expected polls. Their gap is the first poll moving with the fit from task
+        # to task: the fixed interval's delay is convex in its polls, so a mix of schedules
+        # each at par lies above the curve at their mean polls.
+        "expected_delay_vs_fixed": spent[1] / fixed,
+        "each_schedule_vs_fixed": each,
+        "fixed_interval_in_sample_s": hindsight["fixed_interval_s"],
+        "fixed_delay_in_sample_s": hindsight["fixed_delay_s"],
+        "delay_vs_fixed_in_sample": hindsight["delay_vs_fixed"],
+    }
+
+
+def _short_run(
+    tasks: int, in_flight: int, seed: int, learner: str
+) -> tuple[list[sim.Record], tuple[float, float], float]:
+    """One (a) run: its steady tasks; the mean over them of the expected (polls, delay), under
+    the true distribution, of the schedule each task was given; and the mean over them of that
+    schedule's expected delay ÷ the best fixed interval's at its own expected polls.
+
+    A task's first poll is set when it is submitted, which (closed loop) is right after the
+    completion before it has been learned: ``on_done`` reads the schedule then, so the k-th
+    call's schedule is task ``in_flight + k``'s. (Later polls, for the ~0.15% of tasks still
+    running at the first, follow the model as it is then: a negligible difference.)
+    """
+    spent: list[tuple[float, float]] = []
+
+    def on_done(record: sim.Record, sched: Any) -> None:
+        ready = sched.model.ready
+        spent.append(sim.schedule_under(sched, *SHORT) if ready else (math.nan, math.nan))
+
+    steady = _steady(
+        sim.simulate(
+            PollPolicy(),
+            sim.lognormal(*SHORT),
+            tasks=tasks,
+            in_flight=in_flight,
+            seed=seed,
+            learner=learner,
+            on_done=on_done,
+        )
+    )
+    per_task = []
+    for r in steady:
+        schedule = spent[r.index - in_flight] if r.index >= in_flight else (math.nan, math.nan)
+        # A task submitted before the model was ready (on the backoff: in short --quick runs
+        # only) counts with its measured polls and delay.
+        per_task.append(schedule if math.isfinite(schedule[0]) else (float(r.polls), r.delay))
+    mean = (statistics.fmean(p for p, _ in per_task), statistics.fmean(d for _, d in per_task))
+    fixed_at = functools.lru_cache(maxsize=None)(
+        lambda polls: sim.fixed_lognormal_at_polls(*SHORT, polls)
+    )
+    each = statistics.fmean(d / fixed_at(p) for p, d in per_task)
+    return steady, mean, each
+
+
 def short_tasks(tasks: int, seeds: int) -> dict[str, Any]:
     """(a) Tasks much shorter than the target delay: lognormal(0.3 s, 0.5), default policy.
 
-    With each seed's censored run, a reference on the same tasks: the schedule fitted to the
-    true distribution (no learning), under the same comparison. Nearly every task is done at
-    its first poll, where no schedule does measurably better than a fixed interval, while the
-    fixed interval picked in hindsight on the same durations sits just above the order
-    statistic its poll count allows (about 1 / (n f(t1)) s earlier than any first poll t1
-    spending those polls): the reference shows what that alone costs. No verdict reads it.
+    The verdict's figure, ``delay_vs_fixed``: the measured mean delay ÷ the best fixed interval
+    for the true distribution at equal polls (see ``_versus_true_fixed``). Kept beside it,
+    labelled, ``delay_vs_fixed_in_sample``: ÷ the fixed interval picked in hindsight on the same
+    durations, which sits just above the order statistic its poll count allows, about
+    1 / (n f(t1)) s (≈ 0.9% of the delay here) earlier than any first poll t1 set before the
+    durations are seen. With each seed's censored run, a reference on the same tasks: the
+    schedule fitted to the true distribution (no learning), under both comparisons.
     """
     out: dict[str, Any] = {}
-    reference = _schedule_times(_trained(PollPolicy(), 0.3, 0.5))
+    ref_sched = _trained(PollPolicy(), *SHORT)
+    reference = _schedule_times(ref_sched)
+    ref_spent = sim.schedule_under(ref_sched, *SHORT)
+    ref_each = ref_spent[1] / sim.fixed_lognormal_at_polls(*SHORT, ref_spent[0])
     for in_flight in (64, 1000):
         refs = []
         for learner in _learners():
             rows = []
             for seed in range(1, seeds + 1):
-                steady = _steady(
-                    sim.simulate(
-                        PollPolicy(),
-                        sim.lognormal(0.3, 0.5),
-                        tasks=tasks,
-                        in_flight=in_flight,
-                        seed=seed,
-                        learner=learner,
-                    )
-                )
-                rows.append(_versus_fixed(steady))
+                steady, spent, each = _short_run(tasks, in_flight, seed, learner)
+                rows.append(_versus_true_fixed(steady, spent, *SHORT, each))
                 if learner == "censored":
-                    refs.append(_versus_fixed(_replay(reference, steady)))
-            out[f"{learner}, {in_flight} in flight"] = _median_of(rows)
-        out[f"true fit (reference), {in_flight} in flight"] = _median_of(refs)
+                    replayed = _replay(reference, steady)
+                    refs.append(_versus_true_fixed(replayed, ref_spent, *SHORT, ref_each))
+            out[f"{learner}, {in_flight} in flight"] = _median_of(rows, SHORT_RUNS)
+        out[f"true fit (reference), {in_flight} in flight"] = _median_of(refs, SHORT_RUNS)
     return out
 
 
@@ -676,11 +771,13 @@ def learning_targets(data: dict[str, Any]) -> list[tuple[str, str, bool]]:
     found = []
     for name, r in data["short_tasks"].items():
         if name.startswith("censored"):
+            in_sample = r.get("delay_vs_fixed_in_sample")
             found.append(
                 (
                     f"(a) {name.split(', ', 1)[1]}: mean delay ÷ best fixed interval at equal "
-                    "polls ≤ 1",
-                    f"{r['delay_vs_fixed']:.3f}",
+                    "polls (for the true distribution) ≤ 1",
+                    f"{r['delay_vs_fixed']:.4f}"
+                    + (f" (in-sample hindsight: {in_sample:.4f})" if in_sample else ""),
                     r["delay_vs_fixed"] <= 1.0,
                 )
             )
@@ -723,40 +820,107 @@ def learning_targets(data: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return found
 
 
+def _fmt_runs4(values: list[float]) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
+
+
+def _short_tasks_table(short: dict[str, Any]) -> list[str]:
+    """(a)'s table and what its comparisons mean (results without the in-sample key: as was)."""
+    if not all("delay_vs_fixed_in_sample" in r for r in short.values()):
+        rows = [
+            [
+                name,
+                r["polls_per_task"],
+                r["mean_delay_s"],
+                r["fixed_delay_s"],
+                f"{r['delay_vs_fixed']:.2f} ({_fmt_runs(r['delay_vs_fixed_runs'])})",
+            ]
+            for name, r in short.items()
+        ]
+        header = [
+            "(a) lognormal(0.3 s, 0.5), default policy",
+            "polls/task",
+            "mean delay s",
+            "best fixed in hindsight at equal polls, s",
+            "delay ÷ fixed (seeds)",
+        ]
+        return [table(rows, header), ""]
+    rows = [
+        [
+            name,
+            f"{r['polls_per_task']:.4f}",
+            f"{r['expected_polls_per_task']:.4f}",
+            f"{r['mean_delay_s']:.4f}",
+            f"{r['fixed_delay_s']:.4f}",
+            f"{r['delay_vs_fixed']:.4f} ({_fmt_runs4(r['delay_vs_fixed_runs'])})",
+            f"{r['fixed_delay_in_sample_s']:.4f}",
+            f"{r['delay_vs_fixed_in_sample']:.4f} "
+            f"({_fmt_runs4(r['delay_vs_fixed_in_sample_runs'])})",
+        ]
+        for name, r in short.items()
+    ]
+    header = [
+        "(a) lognormal(0.3 s, 0.5), default policy",
+        "polls/task",
+        "expected polls/task",
+        "mean delay s",
+        "best fixed (true distribution) at equal polls, s",
+        "delay ÷ fixed (per seed)",
+        "in-sample: fixed in hindsight, s",
+        "in-sample: delay ÷ it (per seed)",
+    ]
+    return [
+        table(rows, header),
+        "",
+        "Best fixed (the verdict's comparison): the best fixed interval for the true "
+        "distribution, in expectation, spending the polls per task the schedules used spend in "
+        "expectation (the measured count differs from that by the chance number of tasks still "
+        "running at their first poll, about 21 ± 5 of 16,000, a swing the fixed interval's delay "
+        "amplifies some 150-fold at one poll per task). It is fitted to no sample, so it is both "
+        "unbiased and the best any fixed interval can do; an interval picked on an independent "
+        "draw instead would carry that draw's tail count (±4% per seed), no longer spend equal "
+        "polls on these tasks, and on average do worse than the true best, flattering the "
+        "policy. In-sample (for the record, no verdict reads it): the fixed interval picked in "
+        "hindsight on the very durations measured, at the measured polls; it sits just above the "
+        "order statistic its poll count allows, about 1 / (n f(t1)) s (≈ 0.9% of the delay "
+        "here) earlier than any first poll t1 set before the durations are seen, an advantage "
+        "no policy can have (and, for a first poll that moves from task to task, it also carries "
+        "that chance tail count, which cuts both ways). True fit (reference): the schedule "
+        "fitted to the true distribution, no learning, replayed on the censored runs' tasks.",
+        "",
+        *_short_tasks_why(short),
+    ]
+
+
+def _short_tasks_why(short: dict[str, Any]) -> list[str]:
+    """Where the censored policy's delay ÷ the best fixed interval comes from (noise-free)."""
+    parts = [
+        f"{name.split(', ', 1)[1]}: {r['each_schedule_vs_fixed']:.4f} each, "
+        f"{r['expected_delay_vs_fixed']:.4f} together"
+        for name, r in short.items()
+        if name.startswith("censored") and "each_schedule_vs_fixed" in r
+    ]
+    if not parts:
+        return []
+    return [
+        "Noise-free, under the true distribution (median of seeds): each schedule the "
+        "censored policy gave a task against the best fixed interval at that schedule's own "
+        "polls, and all of them together against it at their mean polls ("
+        + "; ".join(parts)
+        + "). The gap between the two is the first poll moving with the fit from task to "
+        "task: the fixed interval's delay is convex in its polls, so schedules each at par, "
+        "spending different polls, lie above the curve at their mean polls.",
+        "",
+    ]
+
+
 def report_learning(data: dict[str, Any]) -> str:
     """P6's tables (Markdown): the targets checked, then each scenario's figures."""
     rows: list[list[Any]] = [
         [t, m, "met" if ok else "**MISSED**"] for t, m, ok in learning_targets(data)
     ]
     out = [table(rows, ["target", "measured", "verdict"]), ""]
-    rows = [
-        [
-            name,
-            r["polls_per_task"],
-            r["mean_delay_s"],
-            r["fixed_delay_s"],
-            f"{r['delay_vs_fixed']:.2f} ({_fmt_runs(r['delay_vs_fixed_runs'])})",
-        ]
-        for name, r in data["short_tasks"].items()
-    ]
-    header = [
-        "(a) lognormal(0.3 s, 0.5), default policy",
-        "polls/task",
-        "mean delay s",
-        "best fixed at equal polls, s",
-        "delay ÷ fixed (seeds)",
-    ]
-    out += [table(rows, header), ""]
-    if any(name.startswith("true fit") for name in data["short_tasks"]):
-        out += [
-            "True fit (reference): the schedule fitted to the true distribution, no learning, "
-            "on the censored runs' tasks. At about one poll per task no schedule does measurably "
-            "better than a fixed interval, and the fixed interval picked in hindsight on the same "
-            "durations also sits just above the order statistic its poll count allows (about "
-            "1 / (n f(t1)) s before the first poll t1 of any schedule spending those polls): what "
-            "the reference loses is that alone.",
-            "",
-        ]
+    out += _short_tasks_table(data["short_tasks"])
     rows = [
         [
             name,
