@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from nanobanana_async import (
     GenerationRequest,
     GenerationResult,
+    NanoBananaError,
     ProtocolError,
     TaskState,
     TaskStatus,
@@ -430,3 +431,55 @@ def test_a_null_or_empty_error_is_not_a_failure() -> None:
         },
     )
     assert isinstance(ok, GenerationResult) and len(ok.images) == 1
+
+
+# -- the fast path for common status bodies agrees with the general parser -----------------------
+
+_STATUS_VALUES = st.sampled_from(
+    ["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "queued", " in_progress ", "RUNNING", "BOGUS", 3, None]
+)
+_ANY_SCALAR = st.one_of(st.none(), st.integers(-5, 5), st.floats(0, 1), st.text(max_size=8))
+_STATUS_BODIES = st.fixed_dictionaries(
+    {"status": _STATUS_VALUES},
+    optional={
+        "request_id": st.one_of(st.none(), st.text(max_size=8), st.integers()),
+        "queue_position": st.one_of(
+            st.none(), st.integers(0, 9), st.floats(0, 9), st.text(max_size=2)
+        ),
+        "progress": st.one_of(st.none(), st.floats(0, 1), st.integers(0, 1)),
+        "response_url": st.one_of(
+            st.none(), st.just("https://api.example/r/response"), st.integers()
+        ),
+        "logs": st.one_of(st.none(), st.just([]), st.just([{"message": "step 1"}])),
+        "error": st.one_of(st.none(), st.just(""), st.just("boom")),
+        "error_type": st.one_of(st.none(), st.just("CANCELED")),
+        "metrics": st.just({"inference_time": 1.5}),
+        "other": _ANY_SCALAR,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_STATUS_BODIES)
+def test_the_plain_status_path_agrees_with_the_general_one(body: dict[str, Any]) -> None:
+    from nanobanana_async._http._wire import _general_status, _plain_status
+
+    plain = _plain_status(body)
+    try:
+        general = _general_status(body)
+    except NanoBananaError as exc:
+        assert plain is None, f"the fast path accepted what the general one refuses: {exc}"
+        return
+    assert plain is None or plain == general
+    assert parse_status(body) == general
+
+
+def test_common_pending_bodies_take_the_plain_path() -> None:
+    from nanobanana_async._http._wire import _plain_status
+
+    for body in (
+        {"status": "IN_QUEUE", "request_id": "r", "queue_position": 3, "response_url": "u"},
+        {"status": "IN_PROGRESS", "request_id": "r", "response_url": "u", "logs": None},
+        {"status": "IN_PROGRESS", "progress": 0.5},
+    ):
+        assert _plain_status(body) is not None, body
