@@ -102,10 +102,12 @@ _PRIOR_WEIGHT = 2.0
 # learns whether tasks really are that fast: polls finding tasks still running contradict it at
 # once (instant tasks are then polled at min_interval, not at the first backoff interval).
 _TILT = 0.5
-# Each refit also carries the previous fit, with the weight of this many times min_samples
-# finished tasks, or this fraction of the window's weight if less (not after a change).
-_ANCHOR = 1.0
-_ANCHOR_FRACTION = 0.1
+# Each refit also carries the previous fit as a Gaussian with this fraction of its information
+# (not after a change): a geometric memory of past fits, in proportion to their standard errors.
+_ANCHOR = 0.5
+# While the change detector is quiet the window grows to this many times ``window`` finished
+# tasks (the time decay still ages them); a caught change cuts it back to ``window`` at once.
+_STABLE_GROWTH = 16
 _P_EPS = 1e-9
 # Exact evaluation of a schedule stops once this little mass is left (or after _MAX_STEPS polls).
 _TAIL = 1e-4
@@ -407,6 +409,7 @@ class _Population:
         self.since_fit = 0
         self.fitted_at = -_INF
         self.weight_at_fit = 0.0
+        self.info = _Info(0.0, 0.0, 0.0)
         self.up = 0.0  # CUSUM towards "slower"
         self.down = 0.0  # CUSUM towards "faster"
         # Since each CUSUM last left 0: (submission time, log-likelihood ratio) of every poll.
@@ -448,10 +451,14 @@ class _Population:
 
     def add(self, obs: _Obs) -> None:
         self.obs.append(obs)
-        while len(self.obs) > self.window:
+        self._trim(_STABLE_GROWTH * self.window)
+
+    def _trim(self, size: int) -> None:
+        while len(self.obs) > size:
             self.cutoff = max(self.cutoff, self.obs.popleft().submitted)
 
     def forget_before(self, since: float) -> None:
+        self._trim(self.window)
         self.alarms = [*self.alarms[-2:], since]
         self.up = self.down = 0.0
         self.up_log.clear()
@@ -496,15 +503,17 @@ def _newton(
     mu: float,
     sigma: float,
     tilt: float = 0.0,
-) -> tuple[float, float]:
-    """Maximise the censored lognormal likelihood from (mu, sigma); returns the new (mu, sigma).
+    anchor: _Anchor | None = None,
+) -> tuple[float, float, _Info]:
+    """Maximise the censored lognormal likelihood from (mu, sigma): the new (mu, sigma), and the
+    information (minus the Hessian) in (η, τ) at it.
 
     ``finished``: (lo, hi, weight) in log-time; ``running``: (lo, weight), known to exceed lo.
     Newton in (η, τ) = (μ/σ, 1/σ), where the log-likelihood is concave, with step halving.
     """
     tau = 1.0 / sigma
     eta = mu * tau
-    cur = _loglik(finished, running, eta, tau, tilt)
+    cur = _loglik(finished, running, eta, tau, tilt, anchor)
     for _ in range(_NEWTON_STEPS):
         ll, ge, gt, hee, het, htt = cur
         # Solve (-H + λI) d = g: λ keeps a flat direction (data that pins only a ridge) finite.
@@ -521,7 +530,7 @@ def _newton(
         moved = False
         for _ in range(20):
             new_eta, new_tau = _clamp(eta + step * de, tau + step * dt)
-            nxt = _loglik(finished, running, new_eta, new_tau, tilt)
+            nxt = _loglik(finished, running, new_eta, new_tau, tilt, anchor)
             if nxt[0] >= ll - 1e-12 * abs(ll):
                 moved = (new_eta, new_tau) != (eta, tau)
                 eta, tau, cur = new_eta, new_tau, nxt
@@ -531,7 +540,25 @@ def _newton(
             break
         if abs(step * de) < 1e-6 * (1.0 + abs(eta)) and abs(step * dt) < 1e-6 * tau:
             break
-    return eta / tau, 1.0 / tau
+    return eta / tau, 1.0 / tau, _Info(-cur[3], -cur[4], -cur[5])
+
+
+class _Info(NamedTuple):
+    """Minus the Hessian of a fit's objective in (η, τ): how tightly the data pin it."""
+
+    ee: float
+    et: float
+    tt: float
+
+
+class _Anchor(NamedTuple):
+    """The previous fit at (η, τ), with the information (a fraction of its own) it carries."""
+
+    eta: float
+    tau: float
+    ee: float
+    et: float
+    tt: float
 
 
 def _clamp(eta: float, tau: float) -> tuple[float, float]:
@@ -546,6 +573,7 @@ def _loglik(
     eta: float,
     tau: float,
     tilt: float = 0.0,
+    anchor: _Anchor | None = None,
 ) -> tuple[float, float, float, float, float, float]:
     """Weighted log-likelihood and its gradient and Hessian in (η, τ)."""
     erfc = math.erfc
@@ -562,6 +590,17 @@ def _loglik(
     htt = -_PRIOR_WEIGHT * (_PRIOR_SIGMA / _PRIOR_SPREAD) ** 2
     ge = -tilt / tau
     hee = het = 0.0
+    if anchor is not None:
+        # The previous fit as a Gaussian in (η, τ): -(1/2) d' A d, A its weighted information.
+        de, dt = eta - anchor.eta, tau - anchor.tau
+        ae = anchor.ee * de + anchor.et * dt
+        at = anchor.et * de + anchor.tt * dt
+        ll -= 0.5 * (de * ae + dt * at)
+        ge -= ae
+        gt -= at
+        hee -= anchor.ee
+        het -= anchor.et
+        htt -= anchor.tt
     log_tau = log(tau)
     for lo, hi, w in finished:
         if hi - lo < 1e-6 or (lo != -_INF and tau * (hi - lo) < 1e-4):
@@ -813,16 +852,19 @@ class CompletionModel:
                 total += w
         running = self._running_sample(pop, size_class)
         start = pop.fit if pop.fitted else self._start_from(finished)
-        if anchored and pop.fitted:
-            # The previous fit, as a few pseudo-tasks (at mu ± sigma: its mean and spread). It
-            # steadies what the window alone leaves loose (when nearly every task is done at its
-            # first poll, only the rare straggler speaks of the tail) at the cost of a little lag.
-            w = min(_ANCHOR * self._min_samples, _ANCHOR_FRACTION * total) / 2
-            mu0, s0 = pop.fit.mu, pop.fit.sigma
-            finished.append((mu0 - s0, mu0 - s0, w))
-            finished.append((mu0 + s0, mu0 + s0, w))
+        anchor = None
+        info = pop.info
+        if anchored and pop.fitted and info.ee > 0 and info.ee * info.tt > info.et * info.et:
+            # The previous fit, as a Gaussian in (η, τ) carrying a fraction of the information
+            # it had (its standard errors, widened): it steadies what the window alone leaves
+            # loose (when nearly every task is done at its first poll, only the rare straggler
+            # speaks of the tail), pulling hard only where the data pinned it.
+            a = _ANCHOR
+            anchor = _Anchor(
+                pop.fit.mu / pop.fit.sigma, 1.0 / pop.fit.sigma, *(a * x for x in info)
+            )
         tilt = 0.0 if pop.fitted else _TILT
-        mu, sigma = _newton(finished, running, start.mu, start.sigma, tilt)
+        mu, sigma, pop.info = _newton(finished, running, start.mu, start.sigma, tilt, anchor)
         pop.fit = _Fit(mu, max(_MIN_SIGMA, sigma))
         pop.fitted = True
         pop.since_fit = 0
@@ -877,13 +919,14 @@ class CompletionModel:
         return out
 
     def refit(self) -> None:
-        """Refit every population with enough samples now (e.g. when a batch ends)."""
+        """Refit every population with enough samples now (e.g. when a batch ends), from the
+        data alone (not anchored to the previous fit)."""
         pops: list[tuple[str | None, _Population]] = [(None, self._pooled)]
         pops += list(self._classes.items())
         for key, pop in pops:
             needed = self._min_samples if key is None else self._class_min
             if len(pop.obs) >= needed:
-                self._refit(pop, key)
+                self._refit(pop, key, anchored=False)
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -995,11 +1038,16 @@ class CompletionModel:
         lo: tuple[float, float] | None = None  # (log k, log delay) with delay above the target
         hi: tuple[float, float] | None = None  # ... below it
         log_t = math.log(target_delay)
+        # The K evaluated nearest the target (delay is not monotone in K where the plan's shape
+        # changes, and the last step's K is never evaluated: the best evaluated one is returned).
+        best: tuple[float, float] | None = None  # (|log delay - log target|, k)
         for _ in range(_CALIBRATION_STEPS):
             delay = delay_for(k)
             if not delay > 0:
                 break
             point = (math.log(k), math.log(delay))
+            if best is None or abs(point[1] - log_t) < best[0]:
+                best = (abs(point[1] - log_t), k)
             if abs(point[1] - log_t) < 0.02:
                 break
             if point[1] > log_t:
@@ -1015,6 +1063,8 @@ class CompletionModel:
             else:
                 x = point[0] + (point[1] - log_t)  # delay ∝ 1/K
             k = math.exp(x)
+        else:
+            k = best[1] if best is not None else k
         self._calibration[key] = k
         return k
 
