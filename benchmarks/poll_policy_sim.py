@@ -115,6 +115,9 @@ class _Clock:
     async def sleep(self, seconds: float) -> None:  # pragma: no cover - the loop never runs
         raise RuntimeError("the simulation drives the scheduler's decisions, not its loop")
 
+    async def wait(self, seconds: float, wake: Any) -> None:  # pragma: no cover - as sleep
+        raise RuntimeError("the simulation drives the scheduler's decisions, not its loop")
+
 
 class _NoTransport:
     retry: RetryPolicy = NO_RETRY

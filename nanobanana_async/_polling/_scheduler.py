@@ -2,13 +2,14 @@
 
 Tasks sit in a heap ordered by their next due time; there is no coroutine per task. When a poll is
 due the loop borrows a slot from a ``CapacityLimiter`` (the bound on concurrent polls), rechecks
-that the task is still wanted, and runs the poll in the scheduler's task group. Each poll GETs the
-task's *response* URL, which answers 202 with the status while the task runs, so the poll that sees
-completion also brings the result. Every phase change goes through ``TaskEntry.move``
+that the task is still wanted, and hands the poll to an idle poll worker in the scheduler's task
+group (starting one only when none is idle). Each poll GETs the task's *response* URL, which
+answers 202 with the status while the task runs, so the poll that sees completion also brings the
+result. Every phase change goes through ``TaskEntry.move``
 (``_entry.py``): a task that is finished or abandoned can never be polled or re-queued.
 
-Time comes from an injected ``Clock`` (``now`` and ``sleep``), so the loop is unit-tested with a
-fake clock and a fake transport, without sockets or real sleeping.
+Time comes from an injected ``Clock`` (``now``, ``sleep`` and ``wait``), so the loop is unit-tested
+with a fake clock and a fake transport, without sockets or real sleeping.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` (``math.inf``: until cancelled)."""
 
+    async def wait(self, seconds: float, wake: asyncio.Future[None]) -> None:
+        """Return after ``seconds`` (``math.inf``: never) or once ``wake`` is done."""
+
 
 class LoopClock:
     """The running event loop's clock (what anyio reads, without a backend lookup per call)."""
@@ -96,6 +100,22 @@ class LoopClock:
             await anyio.sleep_forever()
         else:
             await anyio.sleep(seconds)
+
+    async def wait(self, seconds: float, wake: asyncio.Future[None]) -> None:
+        """One timer and one future: what the loop's every idle stretch costs."""
+        timer = None
+        if not math.isinf(seconds):
+            timer = asyncio.get_running_loop().call_later(seconds, _wake, wake)
+        try:
+            await wake
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def _wake(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 class _Response(Protocol):
@@ -163,7 +183,9 @@ class PollScheduler:
         self._heap: list[tuple[float, int, int, TaskEntry]] = []
         self._seq = itertools.count()
         self._entries: dict[str, TaskEntry] = {}
-        self._sleep_scope: anyio.CancelScope | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while the loop waits
+        # Poll workers waiting for their next entry (LIFO: the most recently busy first).
+        self._idle_pollers: list[asyncio.Future[TaskEntry | None]] = []
         self._closed = False
         self.polls_sent = 0
         self.polls_in_flight = 0
@@ -297,8 +319,8 @@ class PollScheduler:
         entry.generation += 1
         entry.due = due
         heapq.heappush(self._heap, (due, next(self._seq), entry.generation, entry))
-        if self._heap[0][3] is entry and self._sleep_scope is not None:
-            self._sleep_scope.cancel()  # the loop sleeps towards a later time: wake it
+        if self._heap[0][3] is entry and self._wake is not None:
+            _wake(self._wake)  # the loop waits for a later time: wake it
 
     def _requeue(self, entry: TaskEntry, due: float) -> None:
         """After a poll: back in the heap, unless the task was finished or abandoned meanwhile."""
@@ -383,6 +405,11 @@ class PollScheduler:
     def _forget(self, entry: TaskEntry) -> None:
         if self._entries.get(entry.request_id) is entry:
             del self._entries[entry.request_id]
+            if not self._entries:  # nothing left to poll: idle poll workers end
+                idle, self._idle_pollers = self._idle_pollers, []
+                for poller in idle:
+                    if not poller.done():
+                        poller.set_result(None)
 
     def drop(self, entry: TaskEntry) -> bool:
         """Stop polling a task nobody wants and cancel its poll in flight (without waiting)."""
@@ -433,6 +460,7 @@ class PollScheduler:
         async with anyio.create_task_group() as tg:
             task_status.started()
             clock = self._clock
+            loop = asyncio.get_running_loop()
             while True:
                 now = clock.now()
                 while self._heap and self._heap[0][0] <= now:
@@ -440,10 +468,11 @@ class PollScheduler:
                         await self._launch(tg, entry)
                     now = clock.now()
                 delay = self._heap[0][0] - now if self._heap else math.inf
-                with anyio.CancelScope() as scope:
-                    self._sleep_scope = scope
-                    await clock.sleep(delay)
-                self._sleep_scope = None
+                self._wake = wake = loop.create_future()
+                try:
+                    await clock.wait(delay, wake)
+                finally:
+                    self._wake = None
 
     async def _launch(self, tg: anyio.abc.TaskGroup, entry: TaskEntry) -> None:
         """Wait for budget and a poll slot, recheck the entry, then start its poll."""
@@ -456,7 +485,29 @@ class PollScheduler:
             self._limiter.release_on_behalf_of(entry)
             return
         self.polls_in_flight += 1
-        tg.start_soon(self._poll, entry)
+        while self._idle_pollers:
+            poller = self._idle_pollers.pop()
+            if not poller.done():  # not one cancelled while idle (the client closing)
+                poller.set_result(entry)
+                return
+        tg.start_soon(self._poller, entry)
+
+    async def _poller(self, entry: TaskEntry) -> None:
+        """A poll worker: polls its entry, then waits to be handed the next one.
+
+        The loop hands a due poll to an idle worker (one future set) rather than spawning a task
+        per poll; workers are started only when none is idle, so there are never more than the
+        concurrent-poll limit. They end when nothing is watched any more (or the loop ends).
+        """
+        loop = asyncio.get_running_loop()
+        next_entry: TaskEntry | None = entry
+        while next_entry is not None:
+            await self._poll(next_entry)
+            if not self._entries:
+                return  # nothing watched: end now (a later poll starts a worker again)
+            waiter: asyncio.Future[TaskEntry | None] = loop.create_future()
+            self._idle_pollers.append(waiter)
+            next_entry = await waiter  # None: nothing is watched any more
 
     def _take_due(self, now: float) -> list[TaskEntry]:
         """The next due entries to poll: the earliest, or under a budget the likeliest done."""

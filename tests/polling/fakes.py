@@ -82,6 +82,21 @@ class FakeClock:
                 self._sleepers.remove(item)
                 heapq.heapify(self._sleepers)
 
+    async def wait(self, seconds: float, wake: asyncio.Future[None]) -> None:
+        """Park until ``advance`` reaches ``now + seconds`` or ``wake`` is done."""
+        if wake.done():
+            return
+        event = anyio.Event()
+        item = (self._now + seconds, next(self._seq), event)
+        heapq.heappush(self._sleepers, item)
+        wake.add_done_callback(lambda _: event.set())
+        try:
+            await event.wait()
+        finally:
+            if item in self._sleepers:  # woken (or cancelled) before its deadline
+                self._sleepers.remove(item)
+                heapq.heapify(self._sleepers)
+
     @property
     def next_deadline(self) -> float | None:
         """The earliest finite deadline of a parked sleeper, or None."""
