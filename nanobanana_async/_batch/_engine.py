@@ -182,6 +182,7 @@ class _Engine:
         self._abandoned = False
         self._fatal: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._shield_class: type[anyio.CancelScope] = anyio.CancelScope
         journal = options.journal
         self._resume = (
             ResumeBinding(journal, resubmit_unknown=options.resubmit_unknown)
@@ -276,6 +277,9 @@ class _Engine:
             waiter.set_result(None)
 
     async def _run(self) -> None:
+        # The running backend's own scope class: ``anyio.CancelScope(...)`` looks the backend
+        # up on every call, a measurable share of each create on the hot path.
+        self._shield_class = type(anyio.CancelScope())
         try:
             with self._scope:
                 if self._resume is not None:
@@ -410,7 +414,7 @@ class _Engine:
         otherwise (create refused, or the batch stopped before it was sent)."""
         # Once on the wire a create is seen through even if the batch is abandoned, and its id
         # recorded: the task may be billed.
-        with anyio.CancelScope(shield=True):
+        with self._shield_class(shield=True):
             try:
                 sent = await self._runtime.create(request, token=item, proceed=self._reserve_create)
             except NanoBananaError as exc:

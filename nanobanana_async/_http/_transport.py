@@ -440,7 +440,7 @@ class Transport:
     ) -> Response:
         api = self.is_api_origin(url)
         # The body is serialised here (bytes), not by aiohttp's JSON payload machinery.
-        body = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        body = None if json_body is None else _COMPACT_JSON.encode(json_body).encode()
         if api:
             await self.pacer.acquire()
             exchange = self._http(
@@ -528,6 +528,7 @@ class Transport:
                 logger.exception("an HTTP event hook failed; the request goes on")
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per body
 _PLAIN_HEADERS = {"Accept": "application/json"}
 _PLAIN_JSON_HEADERS = {**_PLAIN_HEADERS, "Content-Type": "application/json"}
 # Headers the SDK sets itself (or that belong to the proxy): never taken from ``headers=``.
