@@ -329,7 +329,8 @@ def _plain_status(raw: Any) -> TaskStatus | None:
     """
     if type(raw) is not dict:
         return None
-    if raw.get("logs") is not None:  # absent or null only
+    logs = _plain_logs(raw.get("logs"))
+    if logs is None:
         return None
     if not (raw.keys() - {"logs"} if "logs" in raw else raw.keys()) <= _STATUS_KEYS:
         return None
@@ -351,8 +352,33 @@ def _plain_status(raw: Any) -> TaskStatus | None:
     if state is None:
         return None
     return TaskStatus(
-        state, request_id=rid, queue_position=position, progress=progress, response_url=url
+        state,
+        request_id=rid,
+        queue_position=position,
+        progress=progress,
+        logs=logs,
+        response_url=url,
     )
+
+
+def _plain_logs(value: Any) -> tuple[LogEntry, ...] | None:
+    """Logs absent, null, or a list of ``{"message": str, "timestamp": str | null}``; else None."""
+    if value is None:
+        return ()
+    if type(value) is not list:
+        return None
+    entries = []
+    for item in value:
+        if type(item) is not dict or not item.keys() <= _LOG_KEYS:
+            return None
+        message, timestamp = item.get("message"), item.get("timestamp")
+        if type(message) is not str or (timestamp is not None and type(timestamp) is not str):
+            return None
+        entries.append(LogEntry(message, timestamp))
+    return tuple(entries)
+
+
+_LOG_KEYS = frozenset({"message", "timestamp"})
 
 
 def _general_status(raw: Any) -> TaskStatus:

@@ -450,7 +450,16 @@ _STATUS_BODIES = st.fixed_dictionaries(
         "response_url": st.one_of(
             st.none(), st.just("https://api.example/r/response"), st.integers()
         ),
-        "logs": st.one_of(st.none(), st.just([]), st.just([{"message": "step 1"}])),
+        "logs": st.one_of(
+            st.none(),
+            st.just([]),
+            st.just([{"message": "step 1"}]),
+            st.just([{"message": "step 2", "timestamp": "2026-11-26T10:00:00+00:00"}]),
+            st.just([{"message": "m", "timestamp": None}, "a plain line"]),
+            st.just([{"message": 3}]),
+            st.just([{"message": "m", "level": "info"}]),
+            st.just({"message": "not a list"}),
+        ),
         "error": st.one_of(st.none(), st.just(""), st.just("boom")),
         "error_type": st.one_of(st.none(), st.just("CANCELED")),
         "metrics": st.just({"inference_time": 1.5}),
@@ -481,5 +490,12 @@ def test_common_pending_bodies_take_the_plain_path() -> None:
         {"status": "IN_QUEUE", "request_id": "r", "queue_position": 3, "response_url": "u"},
         {"status": "IN_PROGRESS", "request_id": "r", "response_url": "u", "logs": None},
         {"status": "IN_PROGRESS", "progress": 0.5},
+        {  # the emulator's (and the service's) running task, logs as a list
+            "status": "IN_PROGRESS",
+            "request_id": "r",
+            "response_url": "u",
+            "logs": [{"message": "Generating image", "timestamp": "2026-11-26T10:00:00+00:00"}],
+            "progress": 0.61,
+        },
     ):
         assert _plain_status(body) is not None, body
