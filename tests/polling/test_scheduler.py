@@ -912,3 +912,17 @@ async def test_concurrent_polls_start_workers_up_to_the_limit_only() -> None:
         entries = [r.watch(rid) for rid in rids]  # all due together
         await r.clock.run_until(lambda: all(e.done for e in entries))
         assert len(sent_from) == 2 and r.transport.max_in_flight == 2
+
+
+async def test_polls_due_within_a_few_ms_share_one_wake_up() -> None:
+    async with rig(max_concurrent_polls=4) as r:
+        for rid in ("a", "b", "c"):
+            r.transport.script(rid, result())
+        t0 = r.clock.now()
+        a = r.watch("a")  # due at +1
+        b = r.watch("b", submitted_at=t0 + 0.015)  # due at +1.015: leaves with a
+        c = r.watch("c", submitted_at=t0 + 0.5)  # due at +1.5: too far to wait for
+        await r.clock.run_until(lambda: a.done and b.done and c.done)
+        assert r.transport.times("a") == r.transport.times("b") == [t0 + 1.0]
+        assert r.transport.times("c") == [t0 + 1.5]
+        assert r.scheduler.lateness_max == 0.0
