@@ -255,6 +255,27 @@ def _proc_cpu(emu: StandaloneEmulator) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sdk_commit() -> str | None:
+    """The commit the SDK was measured at (``+uncommitted`` when its files differ); None
+    outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "nanobanana_async"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+
+
 def _fal_unavailable() -> str | None:
     if importlib.util.find_spec("fal_client") is None:
         return "fal-client is not installed (pip install fal-client==1.0.3)"
@@ -325,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "fal_client_version": fal_version,
         "real_time": bool(getattr(args, "real_time", False)),
+        "sdk_commit": sdk_commit(),
         "sdk_over_gather_cpu_per_request": ratio,
         "peers": summary,
         "skipped": skipped,
@@ -413,6 +435,8 @@ def report(data: dict[str, Any]) -> str:
             f"\nClient CPU per request, SDK ÷ gather: **{ratio['median']:.2f}×**{spread} "
             "(paired by repeat)."
         )
+    if data.get("sdk_commit"):
+        lines.append(f"\nSDK measured at commit {data['sdk_commit']}.")
     for peer, why in data["skipped"].items():
         lines.append(f"{peer}: NOT MEASURED — {why}")
     return "\n".join(lines)

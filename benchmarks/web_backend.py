@@ -35,6 +35,7 @@ from aiohttp.test_utils import TestServer
 from nanobanana_async import Client, PollPolicy
 
 from ._harness import StandaloneEmulator, cpu_seconds, median_spread, percentile, save, table
+from .peers import sdk_commit
 
 TOTAL, DROPPED = 200, 50
 PROBE_EVERY = 0.02  # seconds between health probes
@@ -158,6 +159,7 @@ async def run(repeats: int, total: int, dropped: int) -> dict[str, Any]:
         for _ in range(repeats):
             runs.append(await one_burst(emu, total, dropped))
     return {
+        "sdk_commit": sdk_commit(),
         "total": total,
         "dropped": dropped,
         "repeats": repeats,
