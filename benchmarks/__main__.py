@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import overhead, peers, polling, profile, ratelimit, report, scale
+from . import overhead, peers, polling, profile, ratelimit, report, scale, web_backend
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
     "overhead": overhead.main,
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
     "scale": scale.main,
     "ratelimit": ratelimit.main,
     "peers": peers.main,
+    "web_backend": web_backend.main,
 }
 
 
