@@ -113,3 +113,15 @@ def test_real_time_peers_judge_cpu_per_request_against_the_gather_loop(
     assert "| CPU ms/req |" in section and "| 0.945 " in section and "| 0.23 " in section
     assert "Client CPU per request, SDK ÷ gather: **4.11×**" in section
     assert "- P5: real time: SDK ÷ gather client CPU per request ≤ 1.20× — measured 4.11×" in page
+
+
+def test_learning_targets_count_at_the_top_of_the_page() -> None:
+    results = Path(report.__file__).parent / "results" / "polling_learn.json"
+    data = json.loads(results.read_text())
+    found = report.checks("polling_learn", data)
+    assert found and all(c.section == "P6" for c in found)
+    first = next(k for k in data["short_tasks"] if k.startswith("censored"))
+    data["short_tasks"][first]["delay_vs_fixed"] = 1.01
+    missed = [c for c in report.checks("polling_learn", data) if c.met is False]
+    assert len(missed) == 1 and missed[0].target.startswith("(a)")
+    assert "1.0100" in missed[0].shown
