@@ -15,11 +15,15 @@ under a high completion rate), never per poll; the running tasks come from a cal
 scheduler's live entries), a uniform sample of at most a few hundred read at refit time.
 
 Which tasks: a cohort, every task submitted since the oldest of the last ``window`` finished ones,
-finished or running. (The last N *completions* alone would keep the slow tasks of older cohorts
-and drop their fast cohort-mates: biased towards slow. Finished tasks alone, early in a batch, are
-the fast ones: biased towards fast.) Each weighs ``2 ** (-age / half_life)`` by its submission,
-except the newest few finished, so that a trickle still leaves enough to fit; each refit also
-carries the previous fit as a few pseudo-tasks, which steadies what the data leave loose.
+finished or running; while the change detector stays quiet the window grows, up to 16 times
+``window`` (a caught change cuts it back at once), so that where tasks are short the tail is not
+fitted from a handful of them. (The last N *completions* alone would keep the slow tasks of older
+cohorts and drop their fast cohort-mates: biased towards slow. Finished tasks alone, early in a
+batch, are the fast ones: biased towards fast.) Each weighs ``2 ** (-age / half_life)`` by its
+submission, except the newest few finished, so that a trickle still leaves enough to fit. Each
+refit also carries the previous fit as a Gaussian penalty with half its information matrix, in
+proportion to its standard errors, which steadies what the data leave loose without freezing
+what they pin.
 
 Sudden shifts: a two-sided CUSUM on every poll's outcome. A poll at age ``t`` after one at ``s``
 finds the task done with probability ``(S(s) − S(t)) / S(s)`` under the fit, whatever was selected
