@@ -1,19 +1,31 @@
-"""Where the client's time per task goes: ``python -m benchmarks profile [--tasks N]``.
+"""Where the client's time per task goes: ``python -m benchmarks profile [--tasks N] [--offline]``.
 
 Runs ``Client.stream`` against the minimal server (its own process) under ``cProfile`` and
 prints the exclusive CPU time per task by area (the SDK's own modules one by one, aiohttp,
 anyio, asyncio's loop, JSON, attrs/cattrs, the rest). Profiling inflates every figure by a
 similar factor; compare areas with each other and with an earlier run, not with P1's µs.
+
+``--offline`` first measures the SDK's own work without sockets, unprofiled: aiohttp's request
+is replaced by canned answers (a ticket, then a finished result), so the CPU µs per task it
+prints is what the SDK adds on top of the two HTTP exchanges (P1's gap, without the noise of a
+server). Then the profile runs offline too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
+import itertools
+import json
 import pstats
+import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
+
+from nanobanana_async._http._transport import Transport
 
 from ._harness import table
 from .overhead import minimal_server, sdk_run
@@ -48,21 +60,100 @@ async def _run(url: str, tasks: int, concurrency: int) -> None:
     await sdk_run(url, tasks, concurrency)
 
 
+class _Canned:
+    """An answered aiohttp response: what the transport reads of one."""
+
+    def __init__(self, body: bytes) -> None:
+        self.status = 200
+        self.headers = {"Content-Type": "application/json"}
+        self.content_length = len(body)
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def __aenter__(self) -> _Canned:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_RESULT = json.dumps(
+    {
+        "request_id": "offline",
+        "outputs": [{"type": "image", "url": "https://cdn.example/x.png"}],
+        "metadata": {},
+    }
+).encode()
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Clients opened inside answer every create and poll from memory (no sockets)."""
+    ids = itertools.count()
+
+    def answer(method: str, url: str, **_: Any) -> _Canned:
+        if method == "POST":
+            return _Canned(b'{"request_id":"r%d"}' % next(ids))
+        return _Canned(_RESULT)
+
+    original = Transport.open
+
+    async def open_offline(self: Transport) -> None:
+        await original(self)
+        self._http = answer
+
+    Transport.open = open_offline  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Transport.open = original  # type: ignore[method-assign]
+
+
+def offline_us_per_task(tasks: int, concurrency: int, repeats: int = 3) -> float:
+    """Median CPU µs per task of ``Client.stream`` with canned answers (the SDK's own work)."""
+
+    async def measure() -> list[float]:
+        await sdk_run(OFFLINE_URL, min(2000, tasks), concurrency)  # warm
+        return [
+            (await sdk_run(OFFLINE_URL, tasks, concurrency))["cpu_us_per_task"]
+            for _ in range(repeats)
+        ]
+
+    with offline():
+        return statistics.median(asyncio.run(measure()))
+
+
+OFFLINE_URL = "http://127.0.0.1:9/model"  # never connected to
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Profile one SDK run and print µs per task by area."""
     parser = argparse.ArgumentParser(prog="benchmarks profile")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tasks", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--offline", action="store_true", help="no sockets: the SDK's own work")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks = 1000
-    with minimal_server() as server:
-        asyncio.run(_run(server.base_url, min(1000, args.tasks), args.concurrency))  # warm
-        profiler = cProfile.Profile()
-        profiler.enable()
-        asyncio.run(_run(server.base_url, args.tasks, args.concurrency))
-        profiler.disable()
+    if args.offline:
+        us = offline_us_per_task(args.tasks, args.concurrency)
+        print(f"SDK work per task without sockets (unprofiled, median of 3): {us:.0f} µs")
+        with offline():
+            asyncio.run(_run(OFFLINE_URL, min(1000, args.tasks), args.concurrency))  # warm
+            profiler = cProfile.Profile()
+            profiler.enable()
+            asyncio.run(_run(OFFLINE_URL, args.tasks, args.concurrency))
+            profiler.disable()
+    else:
+        with minimal_server() as server:
+            asyncio.run(_run(server.base_url, min(1000, args.tasks), args.concurrency))  # warm
+            profiler = cProfile.Profile()
+            profiler.enable()
+            asyncio.run(_run(server.base_url, args.tasks, args.concurrency))
+            profiler.disable()
     stats = pstats.Stats(profiler)
     by_area: dict[str, float] = defaultdict(float)
     for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]

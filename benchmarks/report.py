@@ -36,7 +36,8 @@ SECTIONS = [
         "are bound by the client's CPU, not the server (a minimal aiohttp app in its own "
         "process): what separates them is the SDK's work per task (recording and pacing each "
         "request, the create's shield, parsing into typed models, the outcome stream). "
-        "`python -m benchmarks profile` breaks the SDK's CPU down by area.",
+        "`python -m benchmarks profile` breaks the SDK's CPU down by area; with `--offline` it "
+        "first measures the SDK's own work per task without sockets.",
     ),
     (
         "polling",
