@@ -228,7 +228,9 @@ class Transport:
         session_headers = {"User-Agent": USER_AGENT}
         json_type = {"Content-Type": "application/json"}
         if proxy is None:
-            session_headers = {**session_headers, **self._api_headers}
+            if any(name.lower() == "user-agent" for name in self._api_headers):
+                session_headers = {}  # the user's User-Agent replaces ours (never both)
+            session_headers.update(self._api_headers)
             self._per_request = (None, json_type)
         else:
             self._per_request = (self._api_headers, {**self._api_headers, **json_type})
