@@ -269,18 +269,18 @@ class PollScheduler:
         if not new:
             return entry
         due = self._next_due(entry, entry.submitted_at)
-        if due > self._clock.now() or self._budget is not None:
-            self._push(entry, due)
-            return entry
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(entry)
-        except anyio.WouldBlock:
-            self._push(entry, due)
-            return entry
-        entry.due = due
-        entry.move(Phase.POLLING)
-        self.polls_in_flight += 1
-        await self._poll(entry, inline=True)
+        if due <= self._clock.now() and self._budget is None:
+            try:
+                self._limiter.acquire_on_behalf_of_nowait(entry)
+            except anyio.WouldBlock:
+                pass  # every poll slot is busy: the loop sends it when one frees up
+            else:
+                entry.due = due
+                entry.move(Phase.POLLING)
+                self.polls_in_flight += 1
+                await self._poll(entry, inline=True)
+                return entry
+        self._push(entry, due)
         return entry
 
     def _register(
@@ -296,28 +296,22 @@ class PollScheduler:
         if self._closed:
             raise ClientStateError("the client is closed")
         entry = self._entries.get(ticket.request_id)
-        if entry is not None:
-            if entry.expect_image is None:
-                entry.expect_image = expect_image
-            if entry.size_class is None:
-                entry.size_class = size_class
-            if listener is not None:
-                entry.listeners.append(listener)
-            if observer is not None:
-                entry.observers.append(observer)
-            return entry, False
-        url = self._transport.task_url(ticket.request_id, "response", ticket.response_url)
-        now = self._clock.now()
-        entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
-        entry.queue_position = ticket.queue_position
-        entry.expect_image = expect_image
-        entry.size_class = size_class
+        new = entry is None
+        if entry is None:
+            url = self._transport.task_url(ticket.request_id, "response", ticket.response_url)
+            now = self._clock.now()
+            entry = TaskEntry(ticket, url, now if submitted_at is None else submitted_at)
+            entry.queue_position = ticket.queue_position
+            self._entries[ticket.request_id] = entry
+        if entry.expect_image is None:
+            entry.expect_image = expect_image
+        if entry.size_class is None:
+            entry.size_class = size_class
         if listener is not None:
             entry.listeners.append(listener)
         if observer is not None:
             entry.observers.append(observer)
-        self._entries[ticket.request_id] = entry
-        return entry, True
+        return entry, new
 
     def _push(self, entry: TaskEntry, due: float) -> None:
         """Put a QUEUED entry in the heap at ``due`` (any older heap item of it goes stale)."""
