@@ -113,6 +113,10 @@ class PacingCore:
 
     # ---- pacing --------------------------------------------------------------------------------
 
+    def unpaced(self, now: float) -> bool:
+        """Whether a send at ``now`` needs no slot: no rate set yet and no hold in force."""
+        return self.fill_rate is None and now >= self.hold_until
+
     def reserve(self, now: float) -> float:
         """Reserve the next send slot; returns the time at which the caller may send."""
         start = max(now, self.hold_until)
@@ -229,8 +233,8 @@ class AdaptiveRateLimiter:
         """Wait for a send slot; free (no wait) until the first 429 unless ``max_rate`` is set."""
         core = self._core
         now = self._clock()
-        if core.fill_rate is None and now >= core.hold_until:
-            core.record_send(now)  # unpaced: no slot to reserve, only the send to count
+        if core.unpaced(now):
+            core.record_send(now)  # no slot to reserve, only the send to count
             return
         while True:
             now = self._clock()

@@ -178,8 +178,7 @@ class Transport:
         pacer = self.pacer
         if not isinstance(pacer, AdaptiveRateLimiter):
             return False  # a shared budget may wait (and asks Redis): keep the deadline scope
-        core = pacer.core
-        return core.fill_rate is None and self._now() >= core.hold_until
+        return pacer.core.unpaced(self._now())
 
     async def open(self) -> None:
         """Create the sessions (call from inside the event loop).
@@ -357,14 +356,10 @@ class Transport:
                 # timeout (the deadline) bounds the exchange: a deadline scope (a timer and
                 # a cancel scope per call) is needed only once a retry is due.
                 started = self._now()
-                try:
-                    response = await self._send(method, url, kind, json_body, 1)
-                except NanoBananaError as exc:
-                    first = exc
-                else:
-                    if response.status < 300 or response.status in ok_statuses:
-                        return response
-                    first = error_from_response(response.status, response.headers, response.body)
+                answer = await self._attempt(method, url, kind, json_body, 1, ok_statuses)
+                if isinstance(answer, Response):
+                    return answer
+                first = answer
                 deadline = max(0.0, deadline - (self._now() - started))
             with anyio.fail_after(deadline):
                 return await self._with_retries(
@@ -401,13 +396,12 @@ class Transport:
                 error: NanoBananaError = first
                 first = None
             else:
-                try:
-                    response = await self._send(method, url, kind, json_body, attempt + limited)
-                    if response.status < 300 or response.status in ok_statuses:
-                        return response
-                    raise error_from_response(response.status, response.headers, response.body)
-                except NanoBananaError as exc:
-                    error = exc
+                answer = await self._attempt(
+                    method, url, kind, json_body, attempt + limited, ok_statuses
+                )
+                if isinstance(answer, Response):
+                    return answer
+                error = answer
             if kind == "create":
                 if not may_retry_create(error):
                     raise _as_create_error(error, json_body)
@@ -431,6 +425,24 @@ class Transport:
                 raise _as_create_error(error, json_body) if kind == "create" else error
             logger.debug("retrying %s %s in %.2f s after %s", method, kind, wait, error)
             await anyio.sleep(wait)
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        kind: Kind,
+        json_body: Mapping[str, Any] | None,
+        attempt: int,
+        ok_statuses: frozenset[int],
+    ) -> Response | NanoBananaError:
+        """One send: its response if 2xx (or in ``ok_statuses``), else the error it ends in."""
+        try:
+            response = await self._send(method, url, kind, json_body, attempt)
+        except NanoBananaError as exc:
+            return exc
+        if response.status < 300 or response.status in ok_statuses:
+            return response
+        return error_from_response(response.status, response.headers, response.body)
 
     async def _send(
         self,
