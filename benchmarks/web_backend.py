@@ -63,7 +63,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 
 
 def make_app(base_url: str, api_key: str) -> web.Application:
-    """The test's app: one shared client, ``/generate`` and ``/health``."""
+    """The app (shared with the reliability test): one client, ``/generate`` and ``/health``."""
 
     async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         poll = PollPolicy(initial_delay=0.2, max_interval=0.3, min_interval=0.05, target_delay=0.1)

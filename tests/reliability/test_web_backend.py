@@ -5,61 +5,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from benchmarks._harness import StandaloneEmulator
-from nanobanana_async import Client, PollPolicy
+from benchmarks.web_backend import LOAD, make_app
 
 pytestmark = pytest.mark.anyio
 
-CLIENT = web.AppKey("client", Client)
-
-# 200 users at once; the first `dropped` give up after 0.5 s (their connection closes).
-LOAD = """
-import asyncio, json, sys
-import aiohttp
-
-async def main(base, total, dropped):
-    async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=0)) as s:
-        async def call(i):
-            timeout = aiohttp.ClientTimeout(total=0.5 if i < dropped else 30)
-            try:
-                async with s.get("/generate", params={"prompt": f"web {i}"}, timeout=timeout) as r:
-                    await r.read()
-                    return r.status
-            except asyncio.TimeoutError:
-                return -1
-        print(json.dumps(await asyncio.gather(*(call(i) for i in range(total)))))
-
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
-"""
-
-
-def make_app(base_url: str, api_key: str) -> web.Application:
-    async def client_ctx(app: web.Application) -> AsyncIterator[None]:
-        poll = PollPolicy(initial_delay=0.2, max_interval=0.3, min_interval=0.05, target_delay=0.1)
-        async with Client(api_key, base_url=base_url, poll=poll) as client:
-            app[CLIENT] = client
-            yield
-
-    async def generate(request: web.Request) -> web.Response:
-        result = await request.app[CLIENT].generate(request.query["prompt"], timeout=30)
-        return web.json_response({"request_id": result.request_id})
-
-    async def health(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.cleanup_ctx.append(client_ctx)
-    app.router.add_get("/generate", generate)
-    app.router.add_get("/health", health)
-    return app
+# The app (one shared client, /generate and /health) and the users' process: one scenario,
+# shared with `python -m benchmarks web_backend`, which measures what this test bounds.
 
 
 @pytest.mark.timeout(120)
