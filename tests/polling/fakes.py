@@ -8,11 +8,13 @@ recorded with the fake time at which it left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import json
 import math
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -21,6 +23,8 @@ import attrs
 
 from nanobanana_async._http._retry import RetryPolicy
 from nanobanana_async._http._transport import Response
+from nanobanana_async._polling._policy import PollPolicy
+from nanobanana_async._polling._scheduler import PollScheduler
 
 __all__ = [
     "FakeClock",
@@ -29,6 +33,7 @@ __all__ = [
     "pending",
     "reply",
     "result",
+    "running_scheduler",
 ]
 
 
@@ -320,3 +325,34 @@ class FakeTransport:
     def routes(self, request_id: str) -> list[str]:
         """Routes (``response`` / ``status``) of the task's requests."""
         return [r.action for r in self.for_task(request_id)]
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(
+    policy: PollPolicy,
+    *,
+    max_concurrent_polls: int = 4,
+    retry: RetryPolicy | None = None,
+    seed: int = 0,
+    max_requests: int = 500,
+) -> AsyncIterator[tuple[FakeClock, FakeTransport, PollScheduler]]:
+    """A scheduler's loop running on a fake clock and transport, for one test.
+
+    On exit it checks that no request went unscripted and stops the loop; a test that hangs
+    fails after 10 real seconds instead of waiting for pytest's timeout.
+    """
+    clock = FakeClock()
+    transport = FakeTransport(clock, retry=retry, max_requests=max_requests)
+    scheduler = PollScheduler(
+        transport,
+        policy,
+        max_concurrent_polls=max_concurrent_polls,
+        clock=clock,
+        rng=random.Random(seed),
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(scheduler.run)
+            yield clock, transport, scheduler
+            assert transport.unscripted == [], "a request nobody scripted"
+            tg.cancel_scope.cancel()

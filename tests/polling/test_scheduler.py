@@ -8,7 +8,6 @@ with the fake time at which it left, so schedules are checked exactly.
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,7 +35,15 @@ from nanobanana_async.errors import (
 )
 from nanobanana_async.models import GenerationResult, TaskState, Ticket
 
-from .fakes import FakeClock, FakeRequest, FakeTransport, pending, reply, result
+from .fakes import (
+    FakeClock,
+    FakeRequest,
+    FakeTransport,
+    pending,
+    reply,
+    result,
+    running_scheduler,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -76,21 +83,10 @@ class Rig:
 async def rig(
     policy: PollPolicy = BACKOFF, *, max_concurrent_polls: int = 4, max_requests: int = 500
 ) -> AsyncIterator[Rig]:
-    clock = FakeClock()
-    transport = FakeTransport(clock, max_requests=max_requests)
-    scheduler = PollScheduler(
-        transport,
-        policy,
-        max_concurrent_polls=max_concurrent_polls,
-        clock=clock,
-        rng=random.Random(0),
-    )
-    with anyio.fail_after(10):  # real seconds: a hung test fails instead of waiting for pytest
-        async with anyio.create_task_group() as tg:
-            await tg.start(scheduler.run)
-            yield Rig(clock, transport, scheduler)
-            assert transport.unscripted == [], "a request nobody scripted"
-            tg.cancel_scope.cancel()
+    async with running_scheduler(
+        policy, max_concurrent_polls=max_concurrent_polls, max_requests=max_requests
+    ) as parts:
+        yield Rig(*parts)
 
 
 def offsets(times: list[float], start: float) -> list[float]:

@@ -34,7 +34,7 @@ from nanobanana_async.errors import (
 )
 from nanobanana_async.models import GenerationResult, Ticket
 
-from .fakes import FakeClock, FakeTransport, pending, reply, result
+from .fakes import FakeClock, FakeTransport, pending, reply, result, running_scheduler
 
 pytestmark = pytest.mark.anyio
 
@@ -55,17 +55,8 @@ class Rig:
 async def rig(
     policy: PollPolicy = BACKOFF, *, retry: RetryPolicy | None = None, seed: int = 0
 ) -> AsyncIterator[Rig]:
-    clock = FakeClock()
-    transport = FakeTransport(clock, retry=retry)
-    scheduler = PollScheduler(
-        transport, policy, max_concurrent_polls=4, clock=clock, rng=random.Random(seed)
-    )
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(scheduler.run)
-            yield Rig(clock, transport, scheduler)
-            assert transport.unscripted == []
-            tg.cancel_scope.cancel()
+    async with running_scheduler(policy, retry=retry, seed=seed) as parts:
+        yield Rig(*parts)
 
 
 # -- the poll budget's priority order ------------------------------------------------------------
