@@ -77,6 +77,11 @@ class Exchange:
         await self.server.released.wait()
         raise ConnectionResetError  # never finish the body: drop the connection
 
+    async def silent(self) -> None:
+        """Read the request, answer nothing (not even headers) until the test ends."""
+        await self.server.released.wait()
+        raise ConnectionResetError
+
     async def trickle(self, content_type: str = "application/json") -> None:
         """Headers, then one byte every 50 ms (never idle long enough for a read timeout)."""
         self.head(200, Content_Type=content_type, Content_Length=10_000)
@@ -221,6 +226,48 @@ async def test_body_stalled_past_read_timeout_is_a_request_timeout() -> None:
     assert elapsed < 2  # the read timeout fired, twice, long before the 5 s deadline
     assert server.seen.count("status") == 2  # a GET: retried once, then given up
     assert [e.status for e in events] == [200, 200] and all(e.error for e in events)
+
+
+async def test_a_server_that_never_answers_times_out_each_poll_at_read() -> None:
+    # The poll path has no deadline scope of its own: the per-attempt read timer is what ends
+    # a poll whose answer never comes (no headers at all).
+    async with StandIn(result=Exchange.silent) as server:
+        timeout = Timeout(connect=1, read=0.3, deadline=30, cancel=0.5)
+        async with client_for(server, timeout=timeout) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError):
+                await client.generate("never answered")
+            elapsed = time.monotonic() - started
+    assert server.seen.count("result") == 2  # max_errors=2: two polls, each cut at 0.3 s
+    assert 0.5 < elapsed < 2
+
+
+async def test_a_create_never_answered_times_out_at_read_and_is_not_resent() -> None:
+    async with StandIn(create=Exchange.silent) as server:
+        timeout = Timeout(connect=1, read=0.3, deadline=30)
+        retry = RetryPolicy(max_attempts=4, initial_backoff=0.01)
+        async with client_for(server, timeout=timeout, retry=retry) as client:
+            started = time.monotonic()
+            with pytest.raises(SubmissionUnknownError):
+                await client.submit("pay once")
+            elapsed = time.monotonic() - started
+    assert server.seen == ["create"]  # sent once, never again
+    assert 0.25 < elapsed < 1.5
+
+
+async def test_read_bounds_the_attempt_as_a_whole_even_when_bytes_keep_coming() -> None:
+    # Documented on Timeout: ``read`` is one timer per attempt, not the longest gap between
+    # packets, so a body trickling in steadily (a byte every 50 ms) is cut off at ``read``,
+    # long before the deadline.
+    async with StandIn(status=Exchange.trickle) as server:
+        timeout = Timeout(connect=1, read=0.3, deadline=4)
+        async with client_for(server, timeout=timeout) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError):
+                await client.status("req-1")
+            elapsed = time.monotonic() - started
+    assert server.seen.count("status") == 2  # a GET: retried once, then given up
+    assert 0.5 < elapsed < 2
 
 
 # -- (b) a body that trickles in past the call's deadline -----------------------------------
