@@ -6,13 +6,20 @@ test's fast ``PollPolicy``) and answers ``/generate`` with ``client.generate(pro
 standalone emulator (fixed 1.5 s tasks, 1,000 workers) serves it. 200 users in another process
 call ``/generate`` at once, the first 50 giving up after 0.5 s (their disconnects cancel the
 tasks remotely), while this process probes ``/health`` every 20 ms. Each repeat builds a fresh app
-and client against the same emulator.
+and client against the same emulator, and first runs the same burst through an app whose
+``/generate`` sleeps 1.5 s instead of calling the SDK: the web server's own share of the figures
+(its median is the last row).
 
-Figures per repeat: the health probe's latency p50, p95 and worst (ms) during the burst, and the
-app process's CPU per API request (CPU seconds of this process from the burst's start to its
-last answer ÷ the requests the SDK sent: creates, polls, cancels, from the emulator's counters).
-That CPU includes the web server's own work and the prober's, the same for any client: compare
-it between versions of the SDK, not with zero. The summary is the median of the repeats.
+Figures per repeat: the health probe's latency p50, p95 and worst (ms) during the burst; the
+event loop's longest iteration during the burst, in CPU time of its thread (how long the loop was
+blocked: it bounds the probe's worst case, and another process on the machine cannot inflate it
+the way it inflates a wall-clock latency), also less the garbage collector's pauses within it;
+the longest full collection (ms) and the number of collections (any generation: allocation
+churn); and the app process's CPU per API request (CPU seconds of this process from the burst's
+start to its last answer ÷ the requests the SDK sent: creates, polls, cancels, from the
+emulator's counters). That CPU includes the web server's own work and the prober's, the same for
+any client: compare it between versions of the SDK, not with zero. The summary is the median of
+the repeats.
 
     python -m benchmarks.web_backend [--quick] [--repeats 7]
 """
@@ -20,11 +27,14 @@ it between versions of the SDK, not with zero. The summary is the median of the 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import json
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -38,6 +48,7 @@ from ._harness import StandaloneEmulator, cpu_seconds, median_spread, percentile
 from .peers import sdk_commit
 
 TOTAL, DROPPED = 200, 50
+SERVICE_TIME = 1.5  # seconds: the emulator's fixed task time
 PROBE_EVERY = 0.02  # seconds between health probes
 CLIENT = web.AppKey("client", Client)
 
@@ -62,8 +73,56 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-def make_app(base_url: str, api_key: str) -> web.Application:
-    """The app (shared with the reliability test): one client, ``/generate`` and ``/health``."""
+class LoopMeter:
+    """The running loop's iterations and the garbage collector's pauses, in thread CPU time."""
+
+    def __init__(self) -> None:
+        self.iterations: list[float] = []  # CPU seconds of each loop iteration
+        self.beside_gc: list[float] = []  # the same, less the collector's pauses within it
+        self.gc_pauses: list[float] = []  # CPU seconds of each collection of the oldest generation
+        self.collections = 0  # collections of any generation
+        self._gc_cpu = 0.0
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        now = time.thread_time()
+        if phase == "start":
+            self._gc_started = now
+            return
+        self.collections += 1
+        self._gc_cpu += now - self._gc_started
+        if info["generation"] == 2:
+            self.gc_pauses.append(now - self._gc_started)
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        """Time the running loop's iterations (and the collector) while the block runs."""
+        loop = asyncio.get_running_loop()
+        run_once = loop._run_once  # type: ignore[attr-defined]
+
+        def timed() -> None:
+            started, gc_before = time.thread_time(), self._gc_cpu
+            try:
+                run_once()
+            finally:
+                spent = time.thread_time() - started
+                self.iterations.append(spent)
+                self.beside_gc.append(spent - (self._gc_cpu - gc_before))
+
+        loop._run_once = timed  # type: ignore[attr-defined]  # BaseEventLoop calls self._run_once()
+        gc.callbacks.append(self._on_gc)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(self._on_gc)
+            del loop._run_once  # type: ignore[attr-defined]
+
+
+def make_app(base_url: str, api_key: str, *, sdk: bool = True) -> web.Application:
+    """The app (shared with the reliability test): one client, ``/generate`` and ``/health``.
+
+    ``sdk=False``: ``/generate`` sleeps as long as a task takes instead (the web server alone).
+    """
 
     async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         poll = PollPolicy(initial_delay=0.2, max_interval=0.3, min_interval=0.05, target_delay=0.1)
@@ -75,22 +134,30 @@ def make_app(base_url: str, api_key: str) -> web.Application:
         result = await request.app[CLIENT].generate(request.query["prompt"], timeout=30)
         return web.json_response({"request_id": result.request_id})
 
+    async def generate_without_sdk(request: web.Request) -> web.Response:
+        await asyncio.sleep(SERVICE_TIME)
+        return web.json_response({"request_id": request.query["prompt"]})
+
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application()
-    app.cleanup_ctx.append(client_ctx)
-    app.router.add_get("/generate", generate)
+    if sdk:
+        app.cleanup_ctx.append(client_ctx)
+    app.router.add_get("/generate", generate if sdk else generate_without_sdk)
     app.router.add_get("/health", health)
     return app
 
 
-async def one_burst(emu: StandaloneEmulator, total: int, dropped: int) -> dict[str, Any]:
+async def one_burst(
+    emu: StandaloneEmulator, total: int, dropped: int, *, sdk: bool = True
+) -> dict[str, Any]:
     """One repeat: a fresh app, the burst, the probe's latencies and the CPU per request."""
     before = await anyio.to_thread.run_sync(emu.stats)
-    server = TestServer(make_app(emu.base_url, emu.api_key))
+    server = TestServer(make_app(emu.base_url, emu.api_key, sdk=sdk))
     await server.start_server()
     latencies: list[float] = []
+    meter = LoopMeter()
     try:
         base = str(server.make_url("/"))
         async with aiohttp.ClientSession(base) as prober:
@@ -109,9 +176,10 @@ async def one_burst(emu: StandaloneEmulator, total: int, dropped: int) -> dict[s
             async with anyio.create_task_group() as tg:
                 tg.start_soon(probe_health)
                 wall, cpu = time.monotonic(), cpu_seconds()
-                load = await anyio.run_process(
-                    [sys.executable, "-c", LOAD, base, str(total), str(dropped)], check=True
-                )
+                with meter.measure():
+                    load = await anyio.run_process(
+                        [sys.executable, "-c", LOAD, base, str(total), str(dropped)], check=True
+                    )
                 cpu, wall = cpu_seconds() - cpu, time.monotonic() - wall
                 done.set()
         statuses = json.loads(load.stdout)
@@ -131,6 +199,10 @@ async def one_burst(emu: StandaloneEmulator, total: int, dropped: int) -> dict[s
         "health_p50_ms": 1000 * statistics.median(latencies),
         "health_p95_ms": 1000 * percentile(latencies, 0.95),
         "health_worst_ms": 1000 * latencies[-1],
+        "loop_worst_cpu_ms": 1000 * max(meter.iterations),
+        "loop_worst_beside_gc_ms": 1000 * max(meter.beside_gc),
+        "gc_worst_ms": 1000 * max(meter.gc_pauses, default=0.0),
+        "gc_collections": meter.collections,
         "burst_wall_s": wall,
         "app_cpu_s": cpu,
         "api_requests": requests,
@@ -141,10 +213,12 @@ async def one_burst(emu: StandaloneEmulator, total: int, dropped: int) -> dict[s
     }
 
 
+LOOP_FIGURES = ("loop_worst_cpu_ms", "loop_worst_beside_gc_ms", "gc_worst_ms", "gc_collections")
 FIGURES = (
     "health_p50_ms",
     "health_p95_ms",
     "health_worst_ms",
+    *LOOP_FIGURES,
     "cpu_ms_per_request",
     "api_requests",
     "burst_wall_s",
@@ -152,11 +226,12 @@ FIGURES = (
 
 
 async def run(repeats: int, total: int, dropped: int) -> dict[str, Any]:
-    """``repeats`` bursts against one emulator; the median (and range) of each figure."""
-    args = ["--service-time", "fixed:1.5", "--workers", "1000"]
-    runs = []
+    """``repeats`` bursts against one emulator, each after one without the SDK; medians."""
+    args = ["--service-time", f"fixed:{SERVICE_TIME}", "--workers", "1000"]
+    runs, server_only = [], []
     with StandaloneEmulator(args) as emu:
         for _ in range(repeats):
+            server_only.append(await one_burst(emu, total, dropped, sdk=False))
             runs.append(await one_burst(emu, total, dropped))
     return {
         "sdk_commit": sdk_commit(),
@@ -165,12 +240,26 @@ async def run(repeats: int, total: int, dropped: int) -> dict[str, Any]:
         "repeats": repeats,
         "summary": {key: median_spread([r[key] for r in runs]) for key in FIGURES},
         "runs": runs,
+        "server_only": {key: median_spread([r[key] for r in server_only]) for key in FIGURES},
     }
 
 
 def report(data: dict[str, Any]) -> str:
-    """Each repeat's figures, then the medians."""
-    header = ["repeat", "probes", "p50 ms", "p95 ms", "worst ms", "CPU ms/req", "requests", "ok"]
+    """Each repeat's figures, then the medians, then the web server's own (no SDK)."""
+    header = [
+        "repeat",
+        "probes",
+        "p50 ms",
+        "p95 ms",
+        "worst ms",
+        "loop worst CPU ms",
+        "beside GC ms",
+        "full GC ms",
+        "GCs",
+        "CPU ms/req",
+        "requests",
+        "ok",
+    ]
     rows: list[list[Any]] = [
         [
             i + 1,
@@ -178,25 +267,31 @@ def report(data: dict[str, Any]) -> str:
             r["health_p50_ms"],
             r["health_p95_ms"],
             r["health_worst_ms"],
+            *(r.get(key, "—") for key in LOOP_FIGURES),
             r["cpu_ms_per_request"],
             r["api_requests"],
             f"{r['ok']}+{r['dropped']} dropped",
         ]
         for i, r in enumerate(data["runs"])
     ]
-    s = data["summary"]
-    rows.append(
-        [
-            "median",
-            "",
-            s["health_p50_ms"]["median"],
-            s["health_p95_ms"]["median"],
-            s["health_worst_ms"]["median"],
-            s["cpu_ms_per_request"]["median"],
-            s["api_requests"]["median"],
-            "",
-        ]
-    )
+    medians = [("median", data["summary"])]
+    if "server_only" in data:
+        medians.append(("no SDK (median)", data["server_only"]))
+    for label, s in medians:
+        sdk = label == "median"
+        rows.append(
+            [
+                label,
+                "",
+                s["health_p50_ms"]["median"],
+                s["health_p95_ms"]["median"],
+                s["health_worst_ms"]["median"],
+                *(s[key]["median"] if key in s else "—" for key in LOOP_FIGURES),
+                s["cpu_ms_per_request"]["median"] if sdk else "—",
+                s["api_requests"]["median"] if sdk else "—",
+                "",
+            ]
+        )
     return table(rows, header)
 
 
