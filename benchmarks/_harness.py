@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,9 +25,16 @@ RESULTS = Path(__file__).parent / "results"
 class StandaloneEmulator:
     """The emulator in its own process, so that client and server do not share a core."""
 
-    def __init__(self, args: Sequence[str], module: str = "nanobanana_async.emulator") -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        module: str = "nanobanana_async.emulator",
+        *,
+        cpus: set[int] | None = None,
+    ) -> None:
         self.args = list(args)
         self.module = module
+        self.cpus = cpus  # the cores the process may run on (None: wherever the OS puts it)
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""
         self.api_key = ""
@@ -41,6 +49,8 @@ class StandaloneEmulator:
             text=True,
             env=env,
         )
+        if self.cpus is not None:
+            pin_process(self.proc.pid, self.cpus)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         self.fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
@@ -77,6 +87,43 @@ class StandaloneEmulator:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
         return math.nan
+
+
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """Two disjoint sets of the cores this process may use (server, client), or None when
+    there are fewer than two (or the OS cannot pin)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Keep every thread of process ``pid`` (and the threads it starts later) on ``cpus``."""
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    for tid in threads:
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(tid, cpus)
+
+
+@contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block with this process on ``cpus`` (all of its threads); restored after."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    pin_process(os.getpid(), cpus)
+    try:
+        yield
+    finally:
+        pin_process(os.getpid(), before)
 
 
 def cpu_seconds() -> float:

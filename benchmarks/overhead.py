@@ -6,12 +6,15 @@ create and one GET of its response URL. The baseline is a hand-written aiohttp l
 that with as many workers as the SDK has tasks in flight (``--concurrency``, the same
 concurrency); the SDK runs ``Client.stream`` with the instant poll policy. Runs are paired
 (baseline then SDK, same server) and repeated; the table gives medians. Reported: the throughput
-ratio SDK ÷ plain (target ≥ 0.85) and client CPU µs per task for both. For context, each repeat
+ratio SDK ÷ plain (target ≥ 0.85) and client CPU µs per task for both. Where the machine has
+two cores or more, the server and the client are pinned to separate cores (``--no-pin`` lets
+the OS place them), and the pairs alternate which side runs first. For context, each repeat
 also times the plain loop with ``--workers`` workers (64: fewer connections cost less per request
 on this server), and the last column is the default poll policy's throughput on the same instant
 tasks (what the adaptive schedule leaves of the hot path).
 
     python -m benchmarks overhead [--quick] [--tasks 20000] [--concurrency 256] [--repeats 5]
+                                  [--no-pin]
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ import aiohttp
 
 from nanobanana_async import Client, Limits, PollPolicy
 
-from ._harness import StandaloneEmulator, cpu_seconds, median_spread, save, table
+from ._harness import (
+    StandaloneEmulator,
+    cpu_seconds,
+    median_spread,
+    pinned,
+    save,
+    split_cores,
+    table,
+)
 
 INSTANT = PollPolicy(
     initial_delay=0.0, factor=1.0, max_interval=0.01, jitter=0.0, target_delay=None
@@ -33,9 +44,9 @@ INSTANT = PollPolicy(
 MODEL = "nano_banana_pro"
 
 
-def minimal_server() -> StandaloneEmulator:
-    """The minimal server in its own process."""
-    return StandaloneEmulator([], module="benchmarks._minimal_server")
+def minimal_server(cpus: set[int] | None = None) -> StandaloneEmulator:
+    """The minimal server in its own process (on ``cpus`` if given)."""
+    return StandaloneEmulator([], module="benchmarks._minimal_server", cpus=cpus)
 
 
 async def plain_loop(base_url: str, tasks: int, workers: int) -> dict[str, float]:
@@ -92,13 +103,22 @@ async def sdk_run(
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
-    with minimal_server() as server:
+    # Server and client on separate cores (the same split for the SDK and the plain loop): the
+    # OS no longer puts them on one core now and then (unpinned: ratios 0.64-0.98 in one run).
+    cores = split_cores() if args.pin else None
+    with minimal_server(cores[0] if cores else None) as server, pinned(cores[1] if cores else None):
         url = server.base_url
         await plain_loop(url, min(2000, args.tasks), args.concurrency)  # warm both paths
         await sdk_run(url, min(2000, args.tasks), args.concurrency)
-        for _ in range(args.repeats):
-            plain = await plain_loop(url, args.tasks, args.concurrency)
-            sdk = await sdk_run(url, args.tasks, args.concurrency)
+        for repeat in range(args.repeats):
+            # Pairs alternate their order (plain first, then SDK first): a drift of the
+            # machine's speed within a pair does not always favour the same side.
+            if repeat % 2 == 0:
+                plain = await plain_loop(url, args.tasks, args.concurrency)
+                sdk = await sdk_run(url, args.tasks, args.concurrency)
+            else:
+                sdk = await sdk_run(url, args.tasks, args.concurrency)
+                plain = await plain_loop(url, args.tasks, args.concurrency)
             few = await plain_loop(url, args.tasks, args.workers)
             runs.append(
                 {
@@ -118,6 +138,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": args.tasks,
         "concurrency": args.concurrency,
         "workers": args.workers,
+        "pinned": {"server": sorted(cores[0]), "client": sorted(cores[1])} if cores else None,
         "runs": runs,
         "ratio": median_spread([r["ratio"] for r in runs]),
         "sdk_tasks_per_s": median_spread([r["sdk_tasks_per_s"] for r in runs]),
@@ -179,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="let the OS place server and client"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.repeats = 2000, 1
