@@ -97,6 +97,8 @@ class PacingCore:
 
     def _active(self, now: float) -> float:
         """``now`` minus time spent in Retry-After holds, so holds do not depress rate estimates."""
+        if self.hold_until == -math.inf:
+            return now  # never held (the usual case, twice per request): nothing to take out
         return now - self._held - max(0.0, min(now, self.hold_until) - self._hold_start)
 
     def record_send(self, now: float) -> None:
@@ -116,6 +118,14 @@ class PacingCore:
     def unpaced(self, now: float) -> bool:
         """Whether a send at ``now`` needs no slot: no rate set yet and no hold in force."""
         return self.fill_rate is None and now >= self.hold_until
+
+    def send_unpaced(self, now: float) -> bool:
+        """Count a send at ``now`` if it needs no slot (``unpaced``) and return True; False
+        (nothing counted) when it must reserve one. One call on the hot path instead of two."""
+        if self.fill_rate is not None or now < self.hold_until:
+            return False
+        self._sent.add(self._active(now))
+        return True
 
     def reserve(self, now: float) -> float:
         """Reserve the next send slot; returns the time at which the caller may send."""
@@ -232,10 +242,8 @@ class AdaptiveRateLimiter:
     async def acquire(self) -> None:
         """Wait for a send slot; free (no wait) until the first 429 unless ``max_rate`` is set."""
         core = self._core
-        now = self._clock()
-        if core.unpaced(now):
-            core.record_send(now)  # no slot to reserve, only the send to count
-            return
+        if core.send_unpaced(self._clock()):
+            return  # no slot to reserve, only the send to count
         while True:
             now = self._clock()
             slot = core.reserve(now)
