@@ -51,13 +51,26 @@ from ._entry import Listener, Observer, Phase, TaskEntry
 from ._model import CompletionModel
 from ._policy import PollPolicy
 
-__all__ = ["Clock", "LoopClock", "PollScheduler", "PollTransport", "acquire", "unwrap"]
+__all__ = [
+    "Clock",
+    "LoopClock",
+    "PollScheduler",
+    "PollTransport",
+    "acquire",
+    "on_tick",
+    "unwrap",
+]
 
 logger = logging.getLogger("nanobanana_async")
 # Under a poll budget, rank this many due tasks at a time and poll the best few of them.
 _PRIORITY_WINDOW = 256
 _PRIORITY_BATCH = 16
 _COALESCE = 0.02  # seconds
+# Learned polls land on shared ticks: multiples of the largest power of two at
+# most this fraction of the interval being scheduled (see ``on_tick``).
+_TICK_FRACTION = 0.25
+# ... and so does the first poll, unless the model expects it to find more than this share done.
+_FIRST_SEEN = 0.5
 # Polls handle every status themselves (202 pending, failure bodies, 429 and 5xx backoff).
 _EVERY_ERROR_STATUS = frozenset(range(300, 600))
 # Statuses about the account or the id, not the task: their error bodies are not task failures.
@@ -353,7 +366,13 @@ class PollScheduler:
                 max_interval=policy.max_interval,
                 size_class=entry.size_class,
             )
-            return entry.submitted_at + offset
+            due = entry.submitted_at + offset
+            if entry.polls == 0 and model.cdf(offset, size_class=entry.size_class) > _FIRST_SEEN:
+                # A first poll that sees most tasks done stays where the model puts it: their
+                # delay moves one for one with it, and a closed loop submits on ticks, so
+                # rounding it would shift every such task's delay the same way.
+                return due
+            return on_tick(due, now, now + policy.min_interval, now + policy.max_interval)
         return now + policy.interval(entry.polls, self._rng)
 
     def _learn(self, entry: TaskEntry) -> None:
@@ -710,6 +729,30 @@ class PollScheduler:
         self._requeue(
             entry, self._clock.now() + max(wait, self.policy.interval(entry.polls, self._rng))
         )
+
+
+def on_tick(due: float, now: float, lo: float, hi: float) -> float:
+    """``due`` moved to the nearest shared tick, staying within ``[lo, hi]``.
+
+    Ticks are the multiples, on the absolute clock, of the largest power of two at most
+    ``_TICK_FRACTION`` of the interval ``due - now``: the grids nest, so polls of many tasks with
+    similar intervals fall on the same instants and leave on one wake-up of the process (as a
+    hand-written loop polling every task on one fixed phase does). A poll moves by at most an
+    eighth of its interval, about as early as late: around Keller's optimum that costs
+    second-order polls and delay (a lognormal(20 s, 0.5) stream in the policy simulation: 0.3%
+    of efficiency; a fraction of 1/2 would cost 1.3%). Deterministic; ``due`` itself when no
+    tick fits the bounds.
+    """
+    interval = due - now
+    if not (interval > 0 and math.isfinite(due)):
+        return due
+    step = math.ldexp(1.0, math.frexp(interval * _TICK_FRACTION)[1] - 1)
+    tick = round(due / step) * step
+    if tick < lo:
+        tick += step
+    elif tick > hi:
+        tick -= step
+    return tick if lo <= tick <= hi else due
 
 
 def _task_error(

@@ -8,6 +8,8 @@ with the fake time at which it left, so schedules are checked exactly.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 from nanobanana_async._polling._entry import Phase, TaskEntry
 from nanobanana_async._polling._model import CompletionModel
 from nanobanana_async._polling._policy import PollPolicy
-from nanobanana_async._polling._scheduler import PollScheduler, unwrap
+from nanobanana_async._polling._scheduler import PollScheduler, on_tick, unwrap
 from nanobanana_async.errors import (
     AuthenticationError,
     ClientStateError,
@@ -587,12 +589,19 @@ LEARNED = PollPolicy(
 
 
 def learned_times(model: CompletionModel, k: float, submitted: float, n: int) -> list[float]:
-    times, elapsed = [], 0.0
+    """The model's schedule, each poll moved to its shared tick (but a first poll that the
+    model expects to find most tasks done)."""
+    times, elapsed, now = [], 0.0, submitted
     for _ in range(n):
         elapsed = model.next_poll(
             elapsed, k=k, min_interval=LEARNED.min_interval, max_interval=LEARNED.max_interval
         )
-        times.append(submitted + elapsed)
+        due = submitted + elapsed
+        if times or model.cdf(elapsed) <= 0.5:
+            due = on_tick(due, now, now + LEARNED.min_interval, now + LEARNED.max_interval)
+            elapsed = due - submitted
+        times.append(due)
+        now = due
     return times
 
 
@@ -618,8 +627,14 @@ async def test_after_min_samples_polls_follow_the_learned_schedule() -> None:
         assert entry.due == pytest.approx(expected[0])
 
         await r.clock.run_until(lambda: entry.done)
-        assert r.transport.times("n") == pytest.approx(expected)
+        times = r.transport.times("n")
+        assert times == pytest.approx(expected)
         assert r.scheduler._k == pytest.approx(k)
+        # Each poll sits on a shared tick (a multiple of a power of two near a quarter of its
+        # interval), not where the model put it.
+        for before, at in itertools.pairwise([submitted, *times]):
+            step = 2.0 ** math.floor(math.log2((at - before) / 16))
+            assert at / step == round(at / step)
 
 
 async def test_k_is_refitted_when_the_model_refits_with_a_full_window() -> None:
