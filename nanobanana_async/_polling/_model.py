@@ -10,9 +10,12 @@ time is fitted as a lognormal by maximising that censored likelihood,
 with a few Newton steps per refit. In ``(η, τ) = (μ/σ, 1/σ)`` of log-time the likelihood is
 concave (the interval probability of a log-concave density is log-concave in its endpoints, which
 are linear in ``(η, τ)``), so Newton from the previous fit converges in two or three steps.
-Refits are amortised (every few per cent of the window's weight, at most about once a second
-under a high completion rate), never per poll; the running tasks come from a callable (the
-scheduler's live entries), a uniform sample of at most a few hundred read at refit time.
+Refits are amortised (every few per cent of the window's weight, under a high completion rate at
+most every 5 s or a tenth of the median, if longer, unless a quarter of the window is new; the
+change detector's refits are immediate), never per poll; the running tasks come from a callable
+(the scheduler's live entries), a uniform sample of at most a few hundred read at refit time. A
+refit that moves the fit by less than a hair (``_FIT_HOLD``) keeps the fit the polls follow, and
+with it K and the schedule's plans, exactly: no recalibration, and no refit-to-refit jitter.
 
 Which tasks: a cohort, every task submitted since the oldest of the last ``window`` finished ones,
 finished or running; while the change detector stays quiet the window grows, up to 16 times
@@ -78,10 +81,15 @@ _LOG_MAX = math.log(_MAX_DURATION)
 _GRID_POINTS = 512
 _GRID_Z = 7.0  # grid spans mu ± 7 sigma in log-time: beyond it the tails carry < 1e-11 of mass
 # Refit when this fraction of the window's weight is new, but not more often than every
-# _REFIT_SECONDS while fewer than _REFIT_FORCE of it is new (a high completion rate).
+# _REFIT_SECONDS (or _REFIT_MEDIANS of the fitted median, if longer) while fewer than _REFIT_FORCE
+# of it is new (a high completion rate). The change detector's refits are immediate.
 _REFIT_FRACTION = 0.05
 _REFIT_FORCE = 0.25
-_REFIT_SECONDS = 1.0
+_REFIT_SECONDS = 5.0
+_REFIT_MEDIANS = 0.1
+# An ordinary (anchored) refit that moves mu by at most this (log-seconds) and sigma by at most
+# this fraction of itself keeps the fit the polls follow (see ``_refit``).
+_FIT_HOLD = 0.01
 _NEWTON_STEPS = 8
 _RUNNING_SAMPLE = 256  # running tasks looked at per refit (a uniform sample of the live ones)
 # Change detection: alternatives "durations x2" and "durations /2"; per-poll log-likelihood
@@ -831,7 +839,7 @@ class CompletionModel:
             due = max(1.0, _REFIT_FRACTION * pop.weight_at_fit)
             if pop.since_fit >= due and (
                 now is None
-                or at - pop.fitted_at >= _REFIT_SECONDS
+                or at - pop.fitted_at >= max(_REFIT_SECONDS, _REFIT_MEDIANS * math.exp(pop.fit.mu))
                 or pop.since_fit >= _REFIT_FORCE * pop.weight_at_fit
             ):
                 self._refit(pop, key)
@@ -869,11 +877,22 @@ class CompletionModel:
             )
         tilt = 0.0 if pop.fitted else _TILT
         mu, sigma, pop.info = _newton(finished, running, start.mu, start.sigma, tilt, anchor)
-        pop.fit = _Fit(mu, max(_MIN_SIGMA, sigma))
-        pop.fitted = True
+        sigma = max(_MIN_SIGMA, sigma)
         pop.since_fit = 0
         pop.fitted_at = now
         pop.weight_at_fit = total
+        held = pop.fit
+        if (
+            anchor is not None
+            and abs(mu - held.mu) <= _FIT_HOLD
+            and abs(sigma - held.sigma) <= _FIT_HOLD * held.sigma
+        ):
+            # It barely moved: the fit the polls follow is kept, exactly, and with it K and the
+            # schedule's plans (no new grid, plan search or calibration, and no refit-to-refit
+            # jitter). Moves add up against the kept fit, so a slow drift is followed.
+            return
+        pop.fit = _Fit(mu, sigma)
+        pop.fitted = True
         self._calibration.clear()
         self.fits += 1
 
