@@ -23,11 +23,11 @@ class Timeout:
 
     ``connect`` bounds getting a connection for an attempt: a new one (DNS, TCP, TLS) or the
     wait for a free one when the pool is full. ``read`` bounds each API attempt as a whole:
-    from the moment it starts (connecting included) its whole response must be read within
-    ``read`` seconds, or the attempt ends in ``RequestTimeoutError`` (retried per the retry
-    policy; a create's is never re-sent). One timer per attempt, not a gap between packets:
-    a body that keeps trickling in is cut off too. The deadline bounds a whole API call,
-    retries and their waits included. ``cancel`` bounds
+    from the moment it leaves the client's rate limiter (getting its connection included)
+    its whole response must be read within ``read`` seconds, or the attempt ends in
+    ``RequestTimeoutError`` (retried per the retry policy; a create's is never re-sent). One
+    timer per attempt, not a gap between packets: a body that keeps trickling in is cut off
+    too. The deadline bounds a whole API call, retries and their waits included. ``cancel`` bounds
     each cancel request sent when a wait is abandoned or the client closes; ``close`` bounds all
     of that cleanup together (cancels go out concurrently; what is not confirmed by then is
     logged and left to finish on the service), so closing never hangs on a stalled service.
