@@ -33,7 +33,10 @@ finds the task done with probability ``(S(s) − S(t)) / S(s)`` under the fit, w
 before (no survivor bias); the log-likelihood ratio of that outcome against the fit with every
 duration doubled (or halved) accumulates until it crosses a threshold. Then the tasks submitted
 before the first task that showed the change keep a tiny weight, and the model refits at once
-from that cohort. O(1) per poll.
+from that cohort. O(1) per poll. The detector then rests until a quarter of ``min_samples``
+more tasks have finished: a fit from a handful of the new cohort is wrong by its own
+uncertainty, and where durations are nearly fixed (a lognormal fits their sharp edge badly) it
+raised alarm after alarm, an unanchored refit every dozen completions.
 
 Where the data pin nothing (every task done at its first poll: the intervals ``(0, t1]`` only say
 ``F(t1) ≈ 1``) a weak prior on sigma keeps the fit off that ridge, and the first fit of a
@@ -42,9 +45,10 @@ confirms that tasks are that fast (instant tasks get polled at ``min_interval``)
 running, corrects the fit at once.
 
 Per size class (``1K``, ``4K``, ...): each class has its own fit once it has ``class_min_samples``
-finished tasks; until then it uses the pooled fit of every task. All classes share one ``K``:
-minimising total polls plus a price on total delay gives the same price, hence the same K, for
-every class, chosen so that the mean delay over the mix meets the target.
+finished tasks; until then it uses the pooled fit of every task. While every task is of one
+class, the pooled fit is that class's (the same data: one fit, not two). All classes share one
+``K``: minimising total polls plus a price on total delay gives the same price, hence the same
+K, for every class, chosen so that the mean delay over the mix meets the target.
 
 Schedule: poll density ``n(t) = K·sqrt(h(t))`` with ``h`` the hazard rate (Keller, 1974). Poll i
 falls where ``G(t) = ∫_0^t sqrt(h)`` reaches ``g0 + (i − 1)/K``, no gap longer than a cap nor than
@@ -53,7 +57,11 @@ when tasks are done long before it, so ``g0`` and the cap are chosen by the exac
 (expected polls + 2K² × expected delay, the price Keller's K stands for); the family contains
 the fixed intervals, which win when nearly every task is done at the first poll. ``K`` is then
 calibrated on the exact expected delay of that discrete, clamped schedule. Both once per fit,
-from a tabulated ``G``; each ``next_poll`` is two bisections.
+from a tabulated ``G``; each ``next_poll`` is two bisections. Everything here runs on the user's
+event loop, so the plan search starts from the last plan's shape (its first poll's place between
+the earliest allowed and Keller's, and its gap factor), carried over from fit to fit: a narrow
+search around it, the full one only when the best lies at the edge of that bracket or another
+gap factor does better (about 14 schedule evaluations instead of about 40).
 """
 
 from __future__ import annotations
@@ -100,6 +108,10 @@ _ALARM = 12.0
 _LLR_CLIP = 1.0
 _FORGET = 1e-3  # weight kept by the tasks submitted before a detected change
 _LOG_CAP = 4096  # polls remembered per CUSUM run, to place the change
+# After a caught change the detector rests for this fraction of min_samples completions (a
+# quarter: resting for all of them cost (c) of P6, the recovery after a 3x step, 3 -> 16
+# completions, since a second alarm early on helps the new cohort's fit).
+_REST = 0.25
 # A weak prior on sigma (the weight of _PRIOR_WEIGHT tasks, on 1/sigma around 1/_PRIOR_SIGMA).
 # It matters only where the data leave sigma open: when nearly every task is done at its first
 # poll, the intervals (0, t1] pin F(t1) ≈ 1 and little else, and without it the fit would wander
@@ -129,6 +141,11 @@ _PHASE_REFINE = 5
 _CALIBRATION_STEPS = 8
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _GAP_FACTORS = (1.0, 1.5, 2.0, 3.0, 5.0)
+# A plan search warm-started from the previous plan's shape: the phase within a factor
+# _NEAR_SPAN either side of it, _NEAR_REFINE golden-section steps.
+_NEAR_SPAN = 1.25
+_NEAR_REFINE = 5
+_NEAR_EDGE = 0.15  # a best phase this close (of the bracket) to an edge: search in full
 
 
 def _std_sf(z: float) -> float:
@@ -180,9 +197,21 @@ def _log_age(age: float) -> float:
 class _Fit:
     """A lognormal of completion time with its tabulated ``G`` and per-K schedule plans."""
 
-    __slots__ = ("_cum", "_plans", "_root_h_end", "_ts", "mu", "sigma", "unit_delay")
+    __slots__ = (
+        "_concave_from",
+        "_cum",
+        "_plans",
+        "_root_h_end",
+        "_ts",
+        "hints",
+        "mu",
+        "sigma",
+        "unit_delay",
+    )
 
-    def __init__(self, mu: float, sigma: float) -> None:
+    def __init__(
+        self, mu: float, sigma: float, hints: dict[tuple[float, float], _Shape] | None = None
+    ) -> None:
         self.mu = mu
         self.sigma = sigma
         zs = [-_GRID_Z + 2.0 * _GRID_Z * i / (_GRID_POINTS - 1) for i in range(_GRID_POINTS)]
@@ -201,9 +230,18 @@ class _Fit:
             delay += 0.5 * (delay_w[i] + delay_w[i - 1]) * dt
         self._ts = ts
         self._cum = cum
+        # From where sqrt(h) only falls (the tabulated G is concave after it, Keller's gaps only
+        # grow): past the hazard's peak.
+        peak = _GRID_POINTS - 1
+        while peak > 0 and root_h[peak - 1] >= root_h[peak]:
+            peak -= 1
+        self._concave_from = ts[peak]
         self._root_h_end = root_h[-1]
         self.unit_delay = delay  # Keller: mean delay ≈ unit_delay / K
         self._plans: dict[tuple[float, float, float], _Plan] = {}
+        # The shape (phase, gap factor) of the last plan searched per interval bounds, carried
+        # over from the fit this one refines: a plan search then starts from it (see _search).
+        self.hints: dict[tuple[float, float], _Shape] = {} if hints is None else dict(hints)
 
     # distribution
 
@@ -286,14 +324,22 @@ class _Fit:
         s_last = 1.0
         last = 0.0
         target = plan.g0
+        concave_from = self._concave_from
+        at_cap = False
         for _ in range(_MAX_STEPS):
             polls += s_last
-            t = g_inv(target)
-            gap = t - last
-            top = cap if last <= 0 else min(cap, max(last, min_interval))
-            if gap < min_interval or gap > top:
-                t = last + min(max(gap, min_interval), top)
-                target = g(t)
+            if at_cap:
+                t = last + cap
+            else:
+                t = g_inv(target)
+                gap = t - last
+                top = cap if last <= 0 else min(cap, max(last, min_interval))
+                if gap < min_interval or gap > top:
+                    t = last + min(max(gap, min_interval), top)
+                    # Past the hazard's peak Keller's gaps only grow: once one is cut to the
+                    # cap, every later one is (the same polls, without the two look-ups).
+                    at_cap = gap > top and top == cap and last >= concave_from
+                    target = g(t)
             lt = log(t)
             s_t = 0.5 * erfc((lt - mu) * c_sf)
             pe_t = 0.5 * erfc(-((lt - mu) * inv_sigma - sigma) / _SQRT2)
@@ -312,6 +358,11 @@ class _Fit:
         if gap_factor < _INF:
             cap = min(cap, max(min_interval, gap_factor * self.first_poll(g0, min_interval, cap)))
         return _Plan(g0, cap, g0 * k, gap_factor)
+
+    def _phase_range(self, k: float, min_interval: float) -> tuple[float, float]:
+        """The first poll's G: from min_interval's to Keller's own (1/K)."""
+        hi = 1.0 / k
+        return (min(self.g(min_interval), hi) if min_interval > 0 else 0.0), hi
 
     def plan(self, k: float, min_interval: float, max_interval: float) -> _Plan:
         """The schedule minimising expected polls + 2K² × expected delay (cached per fit).
@@ -336,15 +387,70 @@ class _Fit:
             polls, delay = self.evaluate(k, plan, min_interval)
             return polls + price * delay
 
-        g0, c = self._best_phase(k, min_interval, _INF, cost)
-        factor = _INF
-        for f in _GAP_FACTORS:
-            cf = cost(g0, f)
-            if cf < c:
-                factor, c = f, cf
-        if factor < _INF:
-            g0, c = self._best_phase(k, min_interval, factor, cost)
+        bounds = (min_interval, max_interval)
+        hint = self.hints.get(bounds)
+        near = None if hint is None else self._near(k, min_interval, hint, cost)
+        if near is not None:
+            g0, factor = near
+        else:
+            g0, c = self._best_phase(k, min_interval, _INF, cost)
+            factor = _INF
+            for f in _GAP_FACTORS:
+                cf = cost(g0, f)
+                if cf < c:
+                    factor, c = f, cf
+            if factor < _INF:
+                g0, c = self._best_phase(k, min_interval, factor, cost)
+        lo, hi = self._phase_range(k, min_interval)
+        self.hints[bounds] = _Shape((g0 - lo) / (hi - lo) if hi > lo else 1.0, factor)
         return self.make_plan(k, g0, factor, min_interval, max_interval)
+
+    def _near(
+        self,
+        k: float,
+        min_interval: float,
+        hint: _Shape,
+        cost: Callable[[float, float], float],
+    ) -> tuple[float, float] | None:
+        """The search warm-started from a known shape: the phase within a narrow bracket
+        around it, then the neighbouring gap factors (and none) at that phase.
+
+        About a third of the evaluations of the full search: the shape moves little from one
+        K of a calibration to the next, or from one fit to the one refining it. None (search
+        in full) when the best phase is at an edge of the bracket, or another factor does
+        better: the shape has moved.
+        """
+        lo, hi = self._phase_range(k, min_interval)
+        factor = hint.gap_factor
+        best_g = lo + hint.position * (hi - lo)
+        best_c = cost(best_g, factor)
+        a = a0 = max(lo, best_g / _NEAR_SPAN)
+        b = b0 = min(hi, best_g * _NEAR_SPAN)
+        for _ in range(_NEAR_REFINE):
+            if b - a <= 1e-9 * hi:
+                break
+            m1 = b - _GOLDEN * (b - a)
+            m2 = a + _GOLDEN * (b - a)
+            c1, c2 = cost(m1, factor), cost(m2, factor)
+            if c1 < best_c:
+                best_g, best_c = m1, c1
+            if c2 < best_c:
+                best_g, best_c = m2, c2
+            if c1 <= c2:
+                b = m2
+            else:
+                a = m1
+        others: list[float] = [_INF] if factor < _INF else [_GAP_FACTORS[-1]]
+        if factor in _GAP_FACTORS:
+            i = _GAP_FACTORS.index(factor)
+            others += list(_GAP_FACTORS[max(0, i - 1) : i]) + list(_GAP_FACTORS[i + 1 : i + 2])
+        edge = _NEAR_EDGE * (b0 - a0)
+        if (a0 > lo and best_g - a0 < edge) or (b0 < hi and b0 - best_g < edge):
+            return None
+        for f in others:
+            if cost(best_g, f) < best_c:
+                return None
+        return best_g, factor
 
     def _best_phase(
         self,
@@ -380,6 +486,14 @@ class _Fit:
         return best_g, best_c
 
 
+class _Shape(NamedTuple):
+    """A plan's shape, for any K: where its first poll is between the earliest one allowed
+    (0, at min_interval) and Keller's (1), and its gap factor."""
+
+    position: float
+    gap_factor: float
+
+
 class _Plan(NamedTuple):
     """Where a fit's schedule starts and its longest gap, for one K and interval bounds."""
 
@@ -406,7 +520,7 @@ class _Obs:
 class _Population:
     """Finished tasks of one class (or all), their fit and their change detector."""
 
-    def __init__(self, window: int, fit: _Fit) -> None:
+    def __init__(self, window: int, fit: _Fit, rest: int) -> None:
         # In completion order. The fit uses a cohort: every task submitted since ``cutoff``,
         # finished (here) or running. A window of the last N *completions* alone would keep the
         # slow tasks of older cohorts and drop their fast cohort-mates: biased towards slow.
@@ -416,6 +530,12 @@ class _Population:
         # Change times: a task (finished or running) submitted before each keeps _FORGET of its
         # weight; the cohort since is the one whose polls showed the change.
         self.alarms: list[float] = []
+        self.added = 0  # finished tasks ever added
+        # After a caught change the detector rests until ``rest`` more tasks have finished: a
+        # fit from a handful of the new cohort, wrong by its own uncertainty, would otherwise
+        # raise alarm after alarm.
+        self.rest = rest
+        self.rest_until = 0
         self.fit = fit
         self.fitted = False
         self.since_fit = 0
@@ -432,7 +552,7 @@ class _Population:
 
     def score(self, after: float, before: float, done: bool, now: float) -> bool:
         """Feed one poll outcome to the CUSUMs; True when they detect a change."""
-        if not self.fitted or before <= after:
+        if not self.fitted or before <= after or self.added < self.rest_until:
             return False
         fit = self.fit
         mu, sigma = fit.mu, fit.sigma
@@ -463,6 +583,7 @@ class _Population:
 
     def add(self, obs: _Obs) -> None:
         self.obs.append(obs)
+        self.added += 1
         self._trim(_STABLE_GROWTH * self.window)
 
     def _trim(self, size: int) -> None:
@@ -471,6 +592,7 @@ class _Population:
 
     def forget_before(self, since: float) -> None:
         self._trim(self.window)
+        self.rest_until = self.added + self.rest
         self.alarms = [*self.alarms[-2:], since]
         self.up = self.down = 0.0
         self.up_log.clear()
@@ -483,6 +605,11 @@ class _Population:
             if submitted < since:
                 w *= _FORGET
         return w
+
+
+def _rest(min_samples: int) -> int:
+    """Completions the change detector rests after a change it caught (see _Population)."""
+    return max(1, math.ceil(_REST * min_samples))
 
 
 def _log(log: list[tuple[float, float]], cusum: float, submitted: float, llr: float) -> None:
@@ -731,7 +858,7 @@ class CompletionModel:
         self._running = running
         self._rng = random.Random(seed)
         self._prior = _Fit(math.log(prior_median), prior_sigma)
-        self._pooled = _Population(window, self._prior)
+        self._pooled = _Population(window, self._prior, _rest(min_samples))
         self._classes: dict[str, _Population] = {}
         self._now = 0.0  # the latest time an observation carried
         self._calibration: dict[tuple[float, float, float], float] = {}
@@ -822,8 +949,11 @@ class CompletionModel:
         if size_class is not None:
             pop = self._classes.get(size_class)
             if pop is None:
-                pop = self._classes[size_class] = _Population(self._window, self._prior)
-            targets.append((size_class, pop))
+                pop = self._classes[size_class] = _Population(
+                    self._window, self._prior, _rest(self._class_min)
+                )
+            # The class first: while it is the only one, the pooled refit copies its fit.
+            targets.insert(0, (size_class, pop))
         for key, pop in targets:
             pop.add(_Obs(lo, hi, submitted))
             pop.since_fit += 1
@@ -845,6 +975,8 @@ class CompletionModel:
                 self._refit(pop, key)
 
     def _refit(self, pop: _Population, size_class: str | None, *, anchored: bool = True) -> None:
+        if size_class is None and self._copy_sole_class(pop):
+            return
         now = self._now
         decay = self._decay
         finished: list[tuple[float, float, float]] = []
@@ -891,10 +1023,42 @@ class CompletionModel:
             # schedule's plans (no new grid, plan search or calibration, and no refit-to-refit
             # jitter). Moves add up against the kept fit, so a slow drift is followed.
             return
-        pop.fit = _Fit(mu, sigma)
+        # The plan searches of the new fit start from the last plans' shapes.
+        pop.fit = _Fit(mu, sigma, held.hints)
         pop.fitted = True
         self._calibration.clear()
         self.fits += 1
+
+    def _copy_sole_class(self, pooled: _Population) -> bool:
+        """Take the fit of the only size class when the pooled data are exactly its data.
+
+        Every task so far of one class (the usual case: one image size) makes the pooled
+        population a copy of that class's (same finished tasks, cutoff and changes, same
+        running tasks): refitting it would redo the same Newton steps, grid and K calibration.
+        """
+        if len(self._classes) != 1:
+            return False
+        ((key, pop),) = self._classes.items()
+        if not (
+            pop.fitted
+            and pop.fitted_at == self._now
+            and pop.added == pooled.added
+            and pop.cutoff == pooled.cutoff
+            and pop.alarms == pooled.alarms
+        ):
+            return False
+        if self._running is not None and any(t.size_class != key for t in self._running()):
+            return False
+        pooled.since_fit = pop.since_fit
+        pooled.fitted_at = pop.fitted_at
+        pooled.weight_at_fit = pop.weight_at_fit
+        pooled.info = pop.info
+        if pooled.fit is not pop.fit or not pooled.fitted:
+            pooled.fit = pop.fit
+            pooled.fitted = True
+            self._calibration.clear()
+            self.fits += 1
+        return True
 
     def _start_from(self, finished: list[tuple[float, float, float]]) -> _Fit:
         """A first guess from interval midpoints (the Newton steps then remove their bias)."""
@@ -944,8 +1108,8 @@ class CompletionModel:
     def refit(self) -> None:
         """Refit every population with enough samples now (e.g. when a batch ends), from the
         data alone (not anchored to the previous fit)."""
-        pops: list[tuple[str | None, _Population]] = [(None, self._pooled)]
-        pops += list(self._classes.items())
+        pops: list[tuple[str | None, _Population]] = list(self._classes.items())
+        pops.append((None, self._pooled))  # last: it may copy the only class's fit
         for key, pop in pops:
             needed = self._min_samples if key is None else self._class_min
             if len(pop.obs) >= needed:

@@ -345,6 +345,7 @@ class PollScheduler:
         model = self.model
         if policy.target_delay is None:
             return now + policy.interval(entry.polls, self._rng)
+        fits = model.fits
         if entry.last_pending_at is not None:
             # A poll found the task running: its outcome feeds the model's change detector.
             age = entry.last_pending_at - entry.submitted_at
@@ -352,7 +353,10 @@ class PollScheduler:
                 model.observe_pending(entry.scored_until, age, size_class=entry.size_class, now=now)
                 entry.scored_until = age
         if model.ready:
-            if self._k is None or self._k_fit != model.fits:
+            # K follows the fit, but not in the call whose poll outcome refitted the model (the
+            # change detector): one refit and one K calibration per call at most, so that no
+            # call holds the event loop for both. This poll keeps the K it had.
+            if self._k is None or (self._k_fit != model.fits and model.fits == fits):
                 self._k = model.k_for_target_delay(
                     policy.target_delay,
                     min_interval=policy.min_interval,
