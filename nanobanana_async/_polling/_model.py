@@ -424,22 +424,11 @@ class _Fit:
         factor = hint.gap_factor
         best_g = lo + hint.position * (hi - lo)
         best_c = cost(best_g, factor)
-        a = a0 = max(lo, best_g / _NEAR_SPAN)
-        b = b0 = min(hi, best_g * _NEAR_SPAN)
-        for _ in range(_NEAR_REFINE):
-            if b - a <= 1e-9 * hi:
-                break
-            m1 = b - _GOLDEN * (b - a)
-            m2 = a + _GOLDEN * (b - a)
-            c1, c2 = cost(m1, factor), cost(m2, factor)
-            if c1 < best_c:
-                best_g, best_c = m1, c1
-            if c2 < best_c:
-                best_g, best_c = m2, c2
-            if c1 <= c2:
-                b = m2
-            else:
-                a = m1
+        a0 = max(lo, best_g / _NEAR_SPAN)
+        b0 = min(hi, best_g * _NEAR_SPAN)
+        best_g, best_c = _golden_refine(
+            cost, factor, a0, b0, best_g, best_c, _NEAR_REFINE, min_width=1e-9 * hi
+        )
         others: list[float] = [_INF] if factor < _INF else [_GAP_FACTORS[-1]]
         if factor in _GAP_FACTORS:
             i = _GAP_FACTORS.index(factor)
@@ -459,8 +448,7 @@ class _Fit:
         factor: float,
         cost: Callable[[float, float], float],
     ) -> tuple[float, float]:
-        hi = 1.0 / k
-        lo = min(self.g(min_interval), hi) if min_interval > 0 else 0.0
+        lo, hi = self._phase_range(k, min_interval)
         best_g, best_c = hi, cost(hi, factor)
         if hi - lo <= 1e-9 * hi:
             return best_g, best_c
@@ -471,19 +459,39 @@ class _Fit:
             if c < best_c:
                 best_g, best_c = g, c
         a, b = max(lo, best_g - step), min(hi, best_g + step)
-        for _ in range(_PHASE_REFINE):
-            m1 = b - _GOLDEN * (b - a)
-            m2 = a + _GOLDEN * (b - a)
-            c1, c2 = cost(m1, factor), cost(m2, factor)
-            if c1 < best_c:
-                best_g, best_c = m1, c1
-            if c2 < best_c:
-                best_g, best_c = m2, c2
-            if c1 <= c2:
-                b = m2
-            else:
-                a = m1
-        return best_g, best_c
+        return _golden_refine(cost, factor, a, b, best_g, best_c, _PHASE_REFINE)
+
+
+def _golden_refine(
+    cost: Callable[[float, float], float],
+    factor: float,
+    a: float,
+    b: float,
+    best_g: float,
+    best_c: float,
+    steps: int,
+    *,
+    min_width: float | None = None,
+) -> tuple[float, float]:
+    """Golden-section steps on the first poll's G within ``[a, b]``: the best (G, cost) seen.
+
+    Stops early once the bracket is ``min_width`` or narrower (when given).
+    """
+    for _ in range(steps):
+        if min_width is not None and b - a <= min_width:
+            break
+        m1 = b - _GOLDEN * (b - a)
+        m2 = a + _GOLDEN * (b - a)
+        c1, c2 = cost(m1, factor), cost(m2, factor)
+        if c1 < best_c:
+            best_g, best_c = m1, c1
+        if c2 < best_c:
+            best_g, best_c = m2, c2
+        if c1 <= c2:
+            b = m2
+        else:
+            a = m1
+    return best_g, best_c
 
 
 class _Shape(NamedTuple):
