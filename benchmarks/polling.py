@@ -820,6 +820,17 @@ def learning_targets(data: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return found
 
 
+def _vs_fixed_row(name: str, r: dict[str, Any]) -> list[Any]:
+    """A row of polls, delay, the best fixed interval's delay and their ratio (per seed)."""
+    return [
+        name,
+        r["polls_per_task"],
+        r["mean_delay_s"],
+        r["fixed_delay_s"],
+        f"{r['delay_vs_fixed']:.2f} ({_fmt_runs(r['delay_vs_fixed_runs'])})",
+    ]
+
+
 def _fmt_runs4(values: list[float]) -> str:
     return ", ".join(f"{v:.4f}" for v in values)
 
@@ -827,16 +838,7 @@ def _fmt_runs4(values: list[float]) -> str:
 def _short_tasks_table(short: dict[str, Any]) -> list[str]:
     """(a)'s table and what its comparisons mean (results without the in-sample key: as was)."""
     if not all("delay_vs_fixed_in_sample" in r for r in short.values()):
-        rows = [
-            [
-                name,
-                r["polls_per_task"],
-                r["mean_delay_s"],
-                r["fixed_delay_s"],
-                f"{r['delay_vs_fixed']:.2f} ({_fmt_runs(r['delay_vs_fixed_runs'])})",
-            ]
-            for name, r in short.items()
-        ]
+        rows = [_vs_fixed_row(name, r) for name, r in short.items()]
         header = [
             "(a) lognormal(0.3 s, 0.5), default policy",
             "polls/task",
@@ -921,16 +923,7 @@ def report_learning(data: dict[str, Any]) -> str:
     ]
     out = [table(rows, ["target", "measured", "verdict"]), ""]
     out += _short_tasks_table(data["short_tasks"])
-    rows = [
-        [
-            name,
-            r["polls_per_task"],
-            r["mean_delay_s"],
-            r["fixed_delay_s"],
-            f"{r['delay_vs_fixed']:.2f} ({_fmt_runs(r['delay_vs_fixed_runs'])})",
-        ]
-        for name, r in data["tight_target"].items()
-    ]
+    rows = [_vs_fixed_row(name, r) for name, r in data["tight_target"].items()]
     header = [
         "(b) tight target, 64 in flight",
         "polls/task",
