@@ -133,6 +133,7 @@ _ANCHOR = 0.5
 # tasks (the time decay still ages them); a caught change cuts it back to ``window`` at once.
 _STABLE_GROWTH = 16
 _P_EPS = 1e-9
+_P_MAX = 1.0 - _P_EPS
 # Exact evaluation of a schedule stops once this little mass is left (or after _MAX_STEPS polls).
 _TAIL = 1e-4
 _MAX_STEPS = 400
@@ -146,6 +147,12 @@ _GAP_FACTORS = (1.0, 1.5, 2.0, 3.0, 5.0)
 _NEAR_SPAN = 1.25
 _NEAR_REFINE = 5
 _NEAR_EDGE = 0.15  # a best phase this close (of the bracket) to an edge: search in full
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    """``min(max(x, lo), hi)``, exactly, at a third of the builtins' cost (per-poll paths)."""
+    x = lo if x < lo else x
+    return hi if x > hi else x
 
 
 def _std_sf(z: float) -> float:
@@ -163,6 +170,14 @@ def _mills_hazard(z: float) -> float:
         return z + 1.0 / z
     q = _std_sf(z)
     return math.exp(-0.5 * z * z) / _SQRT2PI / q
+
+
+# The grid's z values and what depends on z alone (the same for every fit: a new fit then costs
+# one exp and one sqrt per grid point, not six transcendental calls).
+_GRID_ZS = tuple(-_GRID_Z + 2.0 * _GRID_Z * i / (_GRID_POINTS - 1) for i in range(_GRID_POINTS))
+_GRID_MILLS = tuple(_mills_hazard(z) for z in _GRID_ZS)
+_GRID_PHI = tuple(math.exp(-0.5 * z * z) for z in _GRID_ZS)
+_GRID_SF = tuple(_std_sf(z) for z in _GRID_ZS)
 
 
 class RunningTask(Protocol):
@@ -214,14 +229,15 @@ class _Fit:
     ) -> None:
         self.mu = mu
         self.sigma = sigma
-        zs = [-_GRID_Z + 2.0 * _GRID_Z * i / (_GRID_POINTS - 1) for i in range(_GRID_POINTS)]
-        ts = [math.exp(mu + sigma * z) for z in zs]
-        root_h = [math.sqrt(_mills_hazard(z) / (sigma * t)) for z, t in zip(zs, ts, strict=True)]
+        exp, sqrt = math.exp, math.sqrt
+        ts = [exp(mu + sigma * z) for z in _GRID_ZS]
+        root_h = [sqrt(m / (sigma * t)) for m, t in zip(_GRID_MILLS, ts, strict=True)]
         # Weight for the continuous mean detection delay: f / (2 sqrt(h)) = sqrt(f * S) / 2.
-        dens = [
-            math.exp(-0.5 * z * z) / (_SQRT2PI * sigma * t) for z, t in zip(zs, ts, strict=True)
+        norm = _SQRT2PI * sigma
+        delay_w = [
+            0.5 * sqrt(phi / (norm * t) * sf)
+            for phi, sf, t in zip(_GRID_PHI, _GRID_SF, ts, strict=True)
         ]
-        delay_w = [0.5 * math.sqrt(f * _std_sf(z)) for f, z in zip(dens, zs, strict=True)]
         cum = [0.0] * _GRID_POINTS
         delay = 0.0
         for i in range(1, _GRID_POINTS):
@@ -299,15 +315,23 @@ class _Fit:
 
     def step(self, last: float, k: float, plan: _Plan, min_interval: float) -> float:
         """The poll after one at ``last`` (0 = submit), its gap clamped to the plan's bounds."""
-        last = max(0.0, last)
-        # One Keller step after the last poll, and not before the plan's first poll (a task
-        # polled early, before the model was ready, or before a refit moved the plan).
-        target = plan.g0 if last <= 0 else max(plan.g0, self.g(last) + 1.0 / k)
+        # (Conditionals and _clip for min/max here: this runs per poll, on the event loop.)
+        g0, cap = plan.g0, plan.cap
+        if not last > 0:
+            last = 0.0
+            target = g0
+        else:
+            # One Keller step after the last poll, and not before the plan's first poll (a task
+            # polled early, before the model was ready, or before a refit moved the plan).
+            target = self.g(last) + 1.0 / k
+            if not target > g0:
+                target = g0
+            # No gap longer than the task's age: a task still running where the fit said it
+            # would long be done is evidence against the fit, and is then polled at least by
+            # doubling.
+            cap = _clip(last, min_interval, cap)
         t = self.g_inv(target)
-        # No gap longer than the task's age: a task still running where the fit said it would
-        # long be done is evidence against the fit, and is then polled at least by doubling.
-        cap = plan.cap if last <= 0 else min(plan.cap, max(last, min_interval))
-        return last + min(max(t - last, min_interval), cap)
+        return last + _clip(t - last, min_interval, cap)
 
     def evaluate(self, k: float, plan: _Plan, min_interval: float) -> tuple[float, float]:
         """Exact expected polls and detection delay of the schedule under this lognormal.
@@ -317,13 +341,16 @@ class _Fit:
         mu, sigma = self.mu, self.sigma
         inv_sigma = 1.0 / sigma
         scale = math.exp(mu + 0.5 * sigma * sigma)
-        g, g_inv, log, erfc = self.g, self.g_inv, math.log, math.erfc
-        cap, inc = plan.cap, 1.0 / k
+        g, log, erfc, isfinite = self.g, math.log, math.erfc, math.isfinite
+        # G's inverse inline (as in g_inv): this loop is most of a plan search's time.
+        ts, cum, root_h_end = self._ts, self._cum, self._root_h_end
+        ts_end, cum_end = ts[-1], cum[-1]
+        cap, inc, g0 = plan.cap, 1.0 / k, plan.g0
         c_sf = inv_sigma / _SQRT2
         polls = delay = pe_last = 0.0  # pe: ∫_0^t s f(s) ds / scale = Φ(z − σ)
         s_last = 1.0
         last = 0.0
-        target = plan.g0
+        target = g0
         concave_from = self._concave_from
         at_cap = False
         for _ in range(_MAX_STEPS):
@@ -331,11 +358,18 @@ class _Fit:
             if at_cap:
                 t = last + cap
             else:
-                t = g_inv(target)
+                if target <= 0.0:
+                    t = ts[0]
+                elif target >= cum_end:
+                    t = ts_end + (target - cum_end) / root_h_end
+                else:
+                    i = bisect_left(cum, target)
+                    c0 = cum[i - 1]
+                    t = ts[i - 1] + (ts[i] - ts[i - 1]) * (target - c0) / (cum[i] - c0)
                 gap = t - last
-                top = cap if last <= 0 else min(cap, max(last, min_interval))
+                top = cap if last <= 0 else _clip(last, min_interval, cap)
                 if gap < min_interval or gap > top:
-                    t = last + min(max(gap, min_interval), top)
+                    t = last + _clip(gap, min_interval, top)
                     # Past the hazard's peak Keller's gaps only grow: once one is cut to the
                     # cap, every later one is (the same polls, without the two look-ups).
                     at_cap = gap > top and top == cap and last >= concave_from
@@ -345,9 +379,11 @@ class _Fit:
             pe_t = 0.5 * erfc(-((lt - mu) * inv_sigma - sigma) / _SQRT2)
             delay += t * (s_last - s_t) - scale * (pe_t - pe_last)
             last, s_last, pe_last = t, s_t, pe_t
-            if s_t < _TAIL or not math.isfinite(t):
+            if s_t < _TAIL or not isfinite(t):
                 break
-            target = max(plan.g0, target + inc)
+            target += inc
+            if target < g0:
+                target = g0
         return polls, max(0.0, delay)
 
     def make_plan(
@@ -566,14 +602,18 @@ class _Population:
         mu, sigma = fit.mu, fit.sigma
         la = math.log(after) if after > 0 else -_INF
         lb = math.log(before)
-        llr_up = _llr(la, lb, mu, sigma, _SHIFT, done)
-        llr_down = _llr(la, lb, mu, sigma, -_SHIFT, done)
+        # The outcome's probability under the fit, shared by both alternatives.
+        p0 = _clip(_p_done(la, lb, mu, sigma), _P_EPS, _P_MAX)
+        llr_up = _llr(p0, _p_done(la, lb, mu + _SHIFT, sigma), done)
+        llr_down = _llr(p0, _p_done(la, lb, mu - _SHIFT, sigma), done)
         submitted = now - before
-        self.up = max(0.0, self.up + llr_up)
-        self.down = max(0.0, self.down + llr_down)
-        _log(self.up_log, self.up, submitted, llr_up)
-        _log(self.down_log, self.down, submitted, llr_down)
-        return self.up > _ALARM or self.down > _ALARM
+        up, down = self.up + llr_up, self.down + llr_down
+        # max(0.0, ·), without the builtin's cost (this runs per poll)
+        self.up = up = up if up > 0.0 else 0.0
+        self.down = down = down if down > 0.0 else 0.0
+        _log(self.up_log, up, submitted, llr_up)
+        _log(self.down_log, down, submitted, llr_down)
+        return up > _ALARM or down > _ALARM
 
     def change_cohort(self) -> float:
         """The submission time from which tasks showed the change the alarm is about.
@@ -631,17 +671,20 @@ def _log(log: list[tuple[float, float]], cusum: float, submitted: float, llr: fl
 
 def _p_done(la: float, lb: float, mu: float, sigma: float) -> float:
     """P(T <= e^lb | T > e^la) for a lognormal(mu, sigma) in log-time."""
-    s_a = 1.0 if la == -_INF else _std_sf((la - mu) / sigma)
+    # _std_sf inline: three of these run per poll, on the event loop.
+    erfc = math.erfc
+    s_a = 1.0 if la == -_INF else 0.5 * erfc((la - mu) / sigma / _SQRT2)
     if s_a <= 0.0:
         return 1.0
-    return (s_a - _std_sf((lb - mu) / sigma)) / s_a
+    return (s_a - 0.5 * erfc((lb - mu) / sigma / _SQRT2)) / s_a
 
 
-def _llr(la: float, lb: float, mu: float, sigma: float, shift: float, done: bool) -> float:
-    p0 = min(max(_p_done(la, lb, mu, sigma), _P_EPS), 1.0 - _P_EPS)
-    p1 = min(max(_p_done(la, lb, mu + shift, sigma), _P_EPS), 1.0 - _P_EPS)
+def _llr(p0: float, p_done: float, done: bool) -> float:
+    """The outcome's log-likelihood ratio, alternative (``p_done``) against the fit (``p0``,
+    already clipped like ``p_done`` is here)."""
+    p1 = _clip(p_done, _P_EPS, _P_MAX)
     llr = math.log(p1 / p0) if done else math.log((1.0 - p1) / (1.0 - p0))
-    return min(_LLR_CLIP, llr)
+    return llr if llr < _LLR_CLIP else _LLR_CLIP
 
 
 def _newton(
@@ -919,31 +962,32 @@ class CompletionModel:
         Only the change detector reads this (O(1)); the fit sees running tasks at refit time.
         """
         if math.isfinite(after) and math.isfinite(before) and before > after:
-            self._score(max(0.0, after), before, False, size_class, now)
+            self._score(after if after > 0.0 else 0.0, before, False, size_class, now)
 
     def _score(
         self, after: float, before: float, done: bool, size_class: str | None, now: float
     ) -> None:
-        self._now = max(self._now, now)
-        for key, pop in self._scored(size_class):
-            if pop.score(after, before, done, now):
-                since = pop.change_cohort()
-                pop.forget_before(since)
-                self.changes += 1
-                self._refit(pop, key, anchored=False)
-                if key is not None and self._pooled.fitted:
-                    # The pooled fit mixes this class in: it changed too (a class that has no
-                    # fit of its own yet would otherwise be polled on the old times).
-                    self._pooled.forget_before(since)
-                    self._refit(self._pooled, None, anchored=False)
+        if now > self._now:
+            self._now = now
+        key, pop = self._scored(size_class)
+        if pop.score(after, before, done, now):
+            since = pop.change_cohort()
+            pop.forget_before(since)
+            self.changes += 1
+            self._refit(pop, key, anchored=False)
+            if key is not None and self._pooled.fitted:
+                # The pooled fit mixes this class in: it changed too (a class that has no
+                # fit of its own yet would otherwise be polled on the old times).
+                self._pooled.forget_before(since)
+                self._refit(self._pooled, None, anchored=False)
 
-    def _scored(self, size_class: str | None) -> list[tuple[str | None, _Population]]:
+    def _scored(self, size_class: str | None) -> tuple[str | None, _Population]:
         """The population whose fit schedules this class's polls (the one to check)."""
         if size_class is not None:
             pop = self._classes.get(size_class)
             if pop is not None and pop.fitted:
-                return [(size_class, pop)]
-        return [(None, self._pooled)]
+                return size_class, pop
+        return None, self._pooled
 
     def _add(
         self, lo: float, hi: float, age: float, size_class: str | None, now: float | None
