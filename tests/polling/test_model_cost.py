@@ -129,7 +129,9 @@ def test_the_detector_rests_after_a_change_until_the_new_cohort_has_spoken() -> 
 
 def test_near_fixed_durations_do_not_refit_per_completion(monkeypatch: pytest.MonkeyPatch) -> None:
     # 800 tasks of 1.5 s (± 2%), 200 in flight, the fast policy: before, 170 Newton fits (25
-    # changes caught, and the pooled fit refitted beside the only class's); now 97 (23 changes).
+    # changes caught, and the pooled fit refitted beside the only class's); then 97 (23 changes);
+    # on the coarser tick grid (half an interval) 85 (26 changes: polls of same-age tasks meet at
+    # the same ages more often, which the detector reads as correlated evidence).
     from benchmarks import poll_policy_sim as sim
 
     newton = _count(monkeypatch, _model, "_newton")
@@ -148,7 +150,7 @@ def test_near_fixed_durations_do_not_refit_per_completion(monkeypatch: pytest.Mo
         on_done=on_done,
     )
     assert len(newton) <= 110
-    assert models[0].changes <= 24
+    assert models[0].changes <= 28
 
 
 def test_no_call_both_refits_and_calibrates_k(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,8 @@ POLICY = PollPolicy(min_interval=0.25, max_interval=10.0, jitter=0.0, target_del
 
 
 def _step(interval: float) -> float:
-    """The largest power of two at most a quarter of ``interval``."""
-    return 2.0 ** math.floor(math.log2(interval / 4))
+    """The largest power of two at most half of ``interval``."""
+    return 2.0 ** math.floor(math.log2(interval / 2))
 
 
 def test_a_due_time_moves_to_the_nearest_tick_of_its_grid() -> None:
@@ -37,30 +37,34 @@ def test_a_due_time_moves_to_the_nearest_tick_of_its_grid() -> None:
         tick = on_tick(due, now, now + 0.25, now + 10.0)
         step = _step(interval)
         assert tick / step == round(tick / step)  # a multiple of the step, exactly
-        assert abs(tick - due) <= step / 2 <= interval / 8
+        nearest = round(due / step) * step
+        if now + 0.25 <= nearest <= now + 10.0:
+            assert tick == nearest and abs(tick - due) <= step / 2 <= interval / 4
+        else:  # the nearest tick breaks a clamp: the next one inside the bounds
+            assert abs(tick - nearest) == step
         assert now + 0.25 <= tick <= now + 10.0
 
 
 def test_tasks_with_similar_intervals_meet_on_one_tick() -> None:
-    # Answered at different instants, each due about 3 s later: one instant, not two.
-    a = on_tick(100.02 + 3.1, 100.02, 100.27, 110.02)  # a grid of 0.5 s
-    b = on_tick(100.31 + 2.9, 100.31, 100.56, 110.31)
-    assert a == b == 103.0
-    # Grids nest: a tick of a coarser grid (1 s, 0.25 s) is a tick of every finer one, so tasks
+    # Answered at different instants, each due about 4 s later: one instant, not two.
+    a = on_tick(100.02 + 3.9, 100.02, 100.27, 110.02)  # a grid of 1 s
+    b = on_tick(100.31 + 3.6, 100.31, 100.56, 110.31)
+    assert a == b == 104.0
+    # Grids nest: a tick of a coarser grid (2 s, 0.5 s) is a tick of every finer one, so tasks
     # with quite different intervals meet there too.
-    assert on_tick(97.1 + 6.0, 97.1, 97.35, 107.1) == 103.0
-    assert on_tick(101.3 + 1.7, 101.3, 101.55, 111.3) == 103.0
+    assert on_tick(97.9 + 6.0, 97.9, 98.15, 107.9) == 104.0
+    assert on_tick(102.4 + 1.7, 102.4, 102.65, 112.4) == 104.0
 
 
 def test_the_interval_clamps_hold_exactly() -> None:
     # Rounding down would leave less than min_interval: the next tick up instead.
     now = 1000.01
-    tick = on_tick(now + 0.25, now, now + 0.25, now + 10.0)  # a grid of 1/16 s
-    assert tick == 1000.3125 and tick >= now + 0.25
+    tick = on_tick(now + 0.25, now, now + 0.25, now + 10.0)  # a grid of 1/8 s
+    assert tick == 1000.375 and tick >= now + 0.25
     # Rounding up would wait more than max_interval: the tick below instead.
     now = 1001.4
-    tick = on_tick(now + 10.0, now, now + 0.25, now + 10.0)  # a grid of 2 s: 1012 is too late
-    assert tick == 1010.0 and tick <= now + 10.0
+    tick = on_tick(now + 10.0, now, now + 0.25, now + 10.0)  # a grid of 4 s: 1012 is too late
+    assert tick == 1008.0 and tick <= now + 10.0
     # No tick between the bounds: the due time is kept.
     assert on_tick(1000.3, 1000.0, 1000.29, 1000.31) == 1000.3
     # Nothing to move: a due time not after now, or infinite.
