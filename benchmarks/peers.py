@@ -22,7 +22,11 @@ ratio of it is taken within each repeat (the two ran against the same emulator m
 ``--real-time`` runs the web-backend pace of issue 14 instead (time scale 1.0: 200 tasks, 50 in
 flight, 40 SDK warm-up tasks, one repeat unless ``--repeats`` says more) and saves it apart, in
 ``results/peers_realtime.json``, so the scaled run's figures stay as they are. At that pace the
-cost is not saturation but wake-ups: what the SDK does per request beyond the plain loop.
+cost is not saturation but wake-ups: each time the process sleeps and wakes costs it 0.1–0.3 ms of
+CPU on Linux, more than a request. So each peer also reports its wake-ups (voluntary context
+switches) per request, and the real-time run adds ``sdk-fixed``: the SDK on the gather loop's own
+schedule (every 3 s, no learning), which separates the SDK's per-request path from what its
+learned schedule's extra wake-ups cost.
 
     python -m benchmarks.peers [--quick] [--tasks 1000] [--concurrency 100] [--repeats 3]
     python -m benchmarks.peers --real-time [--repeats 3]
@@ -41,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._harness import (
@@ -87,10 +91,15 @@ class FalEmulator(StandaloneEmulator):
 async def _sdk_worker(args: argparse.Namespace, prompts: list[str]) -> list[list[Any]]:
     from nanobanana_async import Client
 
-    from .polling import adaptive
+    from .polling import adaptive, fixed
 
+    policy = adaptive(args.scale)
+    if args.worker == "sdk-fixed":
+        # The gather loop's schedule (every 3 s from submit, no learning): what the SDK's own
+        # per-request path costs, apart from where its learned schedule puts the polls.
+        policy = fixed(DOCS_INTERVAL * args.scale)
     done: list[list[Any]] = []
-    async with Client(args.key, base_url=args.base_url, poll=adaptive(args.scale)) as client:
+    async with Client(args.key, base_url=args.base_url, poll=policy) as client:
         if args.warmup:
             warm = (f"warm {args.tag} {i}" for i in range(args.warmup))
             async for _ in client.stream(warm, max_in_flight=args.concurrency):
@@ -157,10 +166,22 @@ _START: dict[str, float] = {}
 def _mark() -> None:
     """Start the measured window (after imports and any warm-up)."""
     _START["wall"], _START["cpu"] = time.monotonic(), cpu_seconds()
+    _START["sleeps"] = _voluntary_switches()
 
 
-WORKERS: dict[str, Callable[[argparse.Namespace, list[str]], Awaitable[list[list[Any]]]]] = {
+def _voluntary_switches() -> float:
+    """Times the process has blocked so far (each one a wake-up later: on Linux 0.1-0.3 ms
+    of CPU when it slept for long, which is what sets a client's CPU at a web backend's pace)."""
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw)
+
+
+WORKERS: dict[
+    str, Callable[[argparse.Namespace, list[str]], Coroutine[Any, Any, list[list[Any]]]]
+] = {
     "sdk": _sdk_worker,
+    "sdk-fixed": _sdk_worker,
     "fal-client": _fal_worker,
     "gather": _gather_worker,
 }
@@ -173,6 +194,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     out = {
         "wall": time.monotonic() - _START["wall"],
         "cpu": cpu_seconds() - _START["cpu"],
+        "wakeups": _voluntary_switches() - _START["sleeps"],
         "peak_rss_mb": peak_rss_mb(),
         "done": done,
     }
@@ -209,7 +231,7 @@ def _run_peer(emu: FalEmulator, peer: str, args: argparse.Namespace, tag: str) -
         "--concurrency",
         str(args.concurrency),
         "--warmup",
-        str(args.warmup if peer == "sdk" else 0),
+        str(args.warmup if peer.startswith("sdk") else 0),
         "--scale",
         str(args.scale),
         "--tag",
@@ -236,6 +258,7 @@ def _run_peer(emu: FalEmulator, peer: str, args: argparse.Namespace, tag: str) -
         "requests": requests,
         "cpu_ms_per_request": 1000 * out["cpu"] / max(1, requests),
         "requests_per_task": requests / max(1, len(ids)),
+        "wakeups_per_request": out["wakeups"] / max(1, requests),
         "requests_delta_all": stats["requests"] - before["requests"],
         "client_cpu_s": out["cpu"],
         "client_peak_rss_mb": out["peak_rss_mb"],
@@ -298,7 +321,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reason = _fal_unavailable()
     if reason:
         skipped["fal-client"] = reason
-    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PEERS if p not in skipped}
+    names = PEERS + (("sdk-fixed",) if getattr(args, "real_time", False) else ())
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in names if p not in skipped}
     with (
         tempfile.TemporaryDirectory(prefix="peers-tls-") as cert_dir,
         FalEmulator(emulator_args, cert_dir) as emu,
@@ -321,6 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "requests_per_task",
                 "client_cpu_s",
                 "cpu_ms_per_request",
+                "wakeups_per_request",
                 "client_peak_rss_mb",
                 "emulator_cpu_s",
                 "mean_delay_s",
@@ -330,6 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary[peer]["ok"] = [r["ok"] for r in results]
         summary[peer]["runs"] = results
     ratio = cpu_ratio(runs.get("sdk", []), runs.get("gather", []))
+    fixed_ratio = cpu_ratio(runs.get("sdk-fixed", []), runs.get("gather", []))
     fal_version = None
     if "fal-client" not in skipped or "not installed" not in skipped["fal-client"]:
         fal_version = importlib.metadata.version("fal-client")
@@ -341,6 +367,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "poll_intervals_real_s": {
             "sdk": "adaptive (default PollPolicy × scale)",
+            "sdk-fixed": DOCS_INTERVAL * args.scale,
             "fal-client": FAL_DEFAULT_INTERVAL,
             "gather": DOCS_INTERVAL * args.scale,
         },
@@ -348,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "real_time": bool(getattr(args, "real_time", False)),
         "sdk_commit": sdk_commit(),
         "sdk_over_gather_cpu_per_request": ratio,
+        "sdk_fixed_over_gather_cpu_per_request": fixed_ratio,
         "peers": summary,
         "skipped": skipped,
     }
@@ -405,6 +433,7 @@ def report(data: dict[str, Any]) -> str:
                 s["requests_per_task"]["median"],
                 s["client_cpu_s"]["median"],
                 cpu_per_request(s),
+                s["wakeups_per_request"]["median"] if "wakeups_per_request" in s else "—",
                 s["client_peak_rss_mb"]["median"],
                 s["emulator_cpu_s"]["median"],
                 s["mean_delay_s"]["median"],
@@ -421,6 +450,7 @@ def report(data: dict[str, Any]) -> str:
         "req/task",
         "client CPU s",
         "CPU ms/req",
+        "wake-ups/req",
         "peak RSS MiB",
         "emulator CPU s",
         "mean delay s*",
@@ -434,6 +464,13 @@ def report(data: dict[str, Any]) -> str:
         lines.append(
             f"\nClient CPU per request, SDK ÷ gather: **{ratio['median']:.2f}×**{spread} "
             "(paired by repeat)."
+        )
+    fixed = data.get("sdk_fixed_over_gather_cpu_per_request")
+    if fixed is not None:
+        lines.append(
+            f"The SDK on the gather loop's schedule (sdk-fixed: every 3 s, no learning) ÷ gather: "
+            f"**{fixed['median']:.2f}×**. The difference to the first ratio is what the learned "
+            "schedule's extra wake-ups cost (each one 0.1–0.3 ms of CPU after a long sleep)."
         )
     if data.get("sdk_commit"):
         lines.append(f"\nSDK measured at commit {data['sdk_commit']}.")

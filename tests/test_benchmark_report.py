@@ -115,6 +115,30 @@ def test_real_time_peers_judge_cpu_per_request_against_the_gather_loop(
     assert "- P5: real time: SDK ÷ gather client CPU per request ≤ 1.20× — measured 4.11×" in page
 
 
+def test_real_time_peers_show_wake_ups_and_the_sdk_on_the_gather_schedule() -> None:
+    from benchmarks import peers
+
+    old = _peers_data(0.55, 0.46)
+    text = peers.report(old)
+    # Saved before wake-ups were counted: the column says so; no sdk-fixed run: no line for it.
+    assert "| wake-ups/req |" in text and "| — " in text
+    assert "sdk-fixed" not in text
+    data = _peers_data(0.55, 0.46)
+    data["peers"]["gather"]["wakeups_per_request"] = {"median": 0.1, "min": 0.1, "max": 0.1}
+    data["peers"]["sdk"]["wakeups_per_request"] = {"median": 0.24, "min": 0.24, "max": 0.24}
+    fixed = _peers_data(0.5, 0.46)["peers"]["sdk"]
+    data["peers"]["sdk-fixed"] = fixed
+    data["poll_intervals_real_s"]["sdk-fixed"] = 3.0
+    data["sdk_fixed_over_gather_cpu_per_request"] = peers.cpu_ratio(
+        fixed["runs"], data["peers"]["gather"]["runs"]
+    )
+    text = peers.report(data)
+    assert "| 0.24 " in text and "| 0.1 " in text
+    assert "(sdk-fixed: every 3 s, no learning) ÷ gather: **1.09×**" in text
+    [row] = [line for line in text.splitlines() if line.startswith("| sdk-fixed ")]
+    assert "| 3 s (=3) " in row
+
+
 def test_learning_targets_count_at_the_top_of_the_page() -> None:
     results = Path(report.__file__).parent / "results" / "polling_learn.json"
     data = json.loads(results.read_text())
