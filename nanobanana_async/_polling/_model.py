@@ -147,6 +147,9 @@ _GAP_FACTORS = (1.0, 1.5, 2.0, 3.0, 5.0)
 _NEAR_SPAN = 1.25
 _NEAR_REFINE = 5
 _NEAR_EDGE = 0.15  # a best phase this close (of the bracket) to an edge: search in full
+# Schedule evaluations a fit remembers (a fit kept through many calibrations, e.g. one size
+# class's while another refits, would otherwise collect them without bound).
+_EVALUATED_KEPT = 1024
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -215,6 +218,7 @@ class _Fit:
     __slots__ = (
         "_concave_from",
         "_cum",
+        "_evaluated",
         "_plans",
         "_root_h_end",
         "_ts",
@@ -255,6 +259,7 @@ class _Fit:
         self._root_h_end = root_h[-1]
         self.unit_delay = delay  # Keller: mean delay ≈ unit_delay / K
         self._plans: dict[tuple[float, float, float], _Plan] = {}
+        self._evaluated: dict[tuple[float, _Plan, float], tuple[float, float]] = {}
         # The shape (phase, gap factor) of the last plan searched per interval bounds, carried
         # over from the fit this one refines: a plan search then starts from it (see _search).
         self.hints: dict[tuple[float, float], _Shape] = {} if hints is None else dict(hints)
@@ -335,6 +340,21 @@ class _Fit:
 
     def evaluate(self, k: float, plan: _Plan, min_interval: float) -> tuple[float, float]:
         """Exact expected polls and detection delay of the schedule under this lognormal.
+
+        Remembered per fit: a plan search's golden-section steps land on points already
+        evaluated (about a quarter of them), and K's calibration evaluates the plans the searches
+        chose.
+        """
+        key = (k, plan, min_interval)
+        found = self._evaluated.get(key)
+        if found is None:
+            if len(self._evaluated) >= _EVALUATED_KEPT:
+                self._evaluated.clear()
+            found = self._evaluated[key] = self._evaluate(k, plan, min_interval)
+        return found
+
+    def _evaluate(self, k: float, plan: _Plan, min_interval: float) -> tuple[float, float]:
+        """:meth:`evaluate`, computed.
 
         The same steps as :meth:`step`, keeping G of the last poll instead of recomputing it.
         """
