@@ -242,12 +242,15 @@ class _Fit:
             0.5 * sqrt(phi / (norm * t) * sf)
             for phi, sf, t in zip(_GRID_PHI, _GRID_SF, ts, strict=True)
         ]
-        cum = [0.0] * _GRID_POINTS
-        delay = 0.0
-        for i in range(1, _GRID_POINTS):
-            dt = ts[i] - ts[i - 1]
-            cum[i] = cum[i - 1] + 0.5 * (root_h[i] + root_h[i - 1]) * dt
-            delay += 0.5 * (delay_w[i] + delay_w[i - 1]) * dt
+        cum = [0.0]
+        g = delay = 0.0
+        for t0, t1, r0, r1, w0, w1 in zip(
+            ts, ts[1:], root_h, root_h[1:], delay_w, delay_w[1:], strict=False
+        ):
+            dt = t1 - t0
+            g += 0.5 * (r1 + r0) * dt
+            cum.append(g)
+            delay += 0.5 * (w1 + w0) * dt
         self._ts = ts
         self._cum = cum
         # From where sqrt(h) only falls (the tabulated G is concave after it, Keller's gaps only
