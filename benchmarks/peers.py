@@ -245,14 +245,7 @@ def _run_peer(emu: FalEmulator, peer: str, args: argparse.Namespace, tag: str) -
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     emu_cpu = _proc_cpu(emu) - emu_cpu
     stats = emu.stats(tasks=True)
-    ids = [d[0] for d in out["done"] if d[0] is not None]
-    polls = sum(stats["status_polls"].get(i, 0) + stats["result_polls"].get(i, 0) for i in ids)
-    requests = len(ids) + polls
-    delays = [
-        (t - stats["tasks"][i]["completed_at"]) / args.scale
-        for i, t, _ in out["done"]
-        if i in stats["tasks"] and stats["tasks"][i]["completed_at"] is not None
-    ]
+    ids, requests, delays = score(stats, out["done"], args.scale)
     return {
         "wall_s": out["wall"],
         "requests": requests,
@@ -268,6 +261,35 @@ def _run_peer(emu: FalEmulator, peer: str, args: argparse.Namespace, tag: str) -
         "ok": sum(1 for d in out["done"] if d[2]),
         "tasks": len(out["done"]),
     }
+
+
+def score(
+    stats: dict[str, Any], done: list[list[Any]], scale: float
+) -> tuple[list[str], int, list[float]]:
+    """A peer's request ids, its requests (creates + status and result polls, from the
+    emulator's counters) and detection delays in service seconds."""
+    ids = [d[0] for d in done if d[0] is not None]
+    polls = sum(stats["status_polls"].get(i, 0) + stats["result_polls"].get(i, 0) for i in ids)
+    delays = [
+        (t - stats["tasks"][i]["completed_at"]) / scale
+        for i, t, _ in done
+        if i in stats["tasks"] and stats["tasks"][i]["completed_at"] is not None
+    ]
+    return ids, len(ids) + polls, delays
+
+
+def emulator_args(scale: float) -> list[str]:
+    """The emulator's workload for P5: lognormal(MEDIAN, SIGMA) × ``scale``, nothing queued."""
+    return [
+        "--service-time",
+        f"lognormal:{MEDIAN},{SIGMA}",
+        "--time-scale",
+        str(scale),
+        "--workers",
+        "100000",
+        "--seed",
+        "5",
+    ]
 
 
 def _proc_cpu(emu: StandaloneEmulator) -> float:
@@ -307,16 +329,6 @@ def _fal_unavailable() -> str | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """All peers, `repeats` times each, against one emulator process."""
-    emulator_args = [
-        "--service-time",
-        f"lognormal:{MEDIAN},{SIGMA}",
-        "--time-scale",
-        str(args.scale),
-        "--workers",
-        "100000",
-        "--seed",
-        "5",
-    ]
     skipped: dict[str, str] = {}
     reason = _fal_unavailable()
     if reason:
@@ -325,7 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in names if p not in skipped}
     with (
         tempfile.TemporaryDirectory(prefix="peers-tls-") as cert_dir,
-        FalEmulator(emulator_args, cert_dir) as emu,
+        FalEmulator(emulator_args(args.scale), cert_dir) as emu,
     ):
         for repeat in range(args.repeats):
             for peer in list(runs):

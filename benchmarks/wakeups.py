@@ -172,19 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(names) - {"sdk", "sdk-fixed", "gather"})
     if unknown:
         parser.error(f"--peer: unknown {', '.join(unknown)} (allowed: sdk, sdk-fixed, gather)")
-    emulator_args = [
-        "--service-time",
-        f"lognormal:{peers.MEDIAN},{peers.SIGMA}",
-        "--time-scale",
-        str(args.scale),
-        "--workers",
-        "100000",
-        "--seed",
-        "5",
-    ]
     print(f"lognormal(median {peers.MEDIAN} s, σ {peers.SIGMA}) × scale {args.scale}, "
           f"{args.tasks} tasks, {args.concurrency} in flight")  # fmt: skip
-    with StandaloneEmulator(emulator_args) as emu:
+    with StandaloneEmulator(peers.emulator_args(args.scale)) as emu:
         for peer in names:
             tag = f"{peer}-{time.time():.0f}"
             cmd = [
@@ -198,18 +188,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{peer}: failed: {proc.stderr.strip()[-2000:]}")
                 continue
             out = json.loads(proc.stdout.strip().splitlines()[-1])
-            stats = emu.stats(tasks=True)
-            ids = [d[0] for d in out["done"]]
-            polls = sum(
-                stats["status_polls"].get(i, 0) + stats["result_polls"].get(i, 0) for i in ids
-            )
-            delays = [
-                (t - stats["tasks"][i]["completed_at"]) / args.scale
-                for i, t, _ in out["done"]
-                if i in stats["tasks"] and stats["tasks"][i]["completed_at"] is not None
-            ]
+            _, requests, delays = peers.score(emu.stats(tasks=True), out["done"], args.scale)
             delay = statistics.fmean(delays) if delays else float("nan")
-            print(_line(peer, out, len(ids) + polls, delay), flush=True)
+            print(_line(peer, out, requests, delay), flush=True)
     print("* service seconds (real delay ÷ time scale)")
 
 
