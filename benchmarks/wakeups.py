@@ -8,7 +8,9 @@ window (after imports and warm-up):
   wake-up later, which on Linux costs 0.1–0.3 ms of CPU after a long sleep;
 - event-loop iterations, and *bursts*: wake-ups less than 30 ms apart, with what started each
   (a timer or a socket) — the polls that leave together on one wake-up;
-- garbage collections by generation and their CPU time.
+- garbage collections by generation and their CPU time;
+- thread CPU per burst, split by least squares into a fixed part and a part per ready socket
+  (what a burst costs before its requests: the wake-up, cold caches, the scheduler's round).
 
 Not part of ``benchmarks all`` and not saved: a diagnostic for the real-time P5 figure (a time
 scale of 0.25 runs the same shape in about 35 s per peer).
@@ -45,14 +47,17 @@ class _CountingSelector(selectors.DefaultSelector):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[float, float, int]] = []
+        self.cpu_at_entry: list[float] = []  # thread CPU as each recorded select began
         self.on = False
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        cpu = time.thread_time()
         started = time.monotonic()
         ready: list[tuple[Any, int]] = super().select(timeout)
         if self.on:
             now = time.monotonic()
             self.calls.append((now, now - started, len(ready)))
+            self.cpu_at_entry.append(cpu)
         return ready
 
 
@@ -75,6 +80,26 @@ def _bursts(calls: list[tuple[float, float, int]]) -> dict[str, Any]:
         "wakes_per_burst": len(wakes) / len(bursts),
         "started_by_timer": sum(1 for b in bursts if b[0][1] == 0) / len(bursts),
         "median_gap_s": statistics.median(gaps),
+    }
+
+
+def _burst_cost(calls: list[tuple[float, float, int]], cpu_at_entry: list[float]) -> dict[str, Any]:
+    """Thread CPU per burst (from the select that slept to the next such one) against the
+    sockets that were ready in it: ``cpu ≈ fixed + per_ready × ready`` by least squares."""
+    starts = [i for i, (_, waited, _) in enumerate(calls) if waited >= BURST_GAP]
+    cpu: list[float] = []
+    ready: list[float] = []
+    for a, b in itertools.pairwise(starts):
+        cpu.append(cpu_at_entry[b] - cpu_at_entry[a])
+        ready.append(float(sum(n for _, _, n in calls[a:b])))
+    if len(cpu) < 3 or len(set(ready)) < 2:
+        return {}
+    slope, fixed = statistics.linear_regression(ready, cpu)
+    return {
+        "median_cpu_ms": 1000 * statistics.median(cpu),
+        "median_ready": statistics.median(ready),
+        "fixed_ms": 1000 * fixed,
+        "per_ready_ms": 1000 * slope,
     }
 
 
@@ -126,6 +151,7 @@ def child(args: argparse.Namespace) -> None:
         "switches": resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - base["switches"],
         "iterations": len(selector.calls),
         "bursts": _bursts(selector.calls),
+        "burst_cost": _burst_cost(selector.calls, selector.cpu_at_entry),
         "gc": {str(g): [collections[g], 1000 * gc_cpu[g]] for g in (0, 1, 2)},
         "done": done,
     }
@@ -134,6 +160,13 @@ def child(args: argparse.Namespace) -> None:
 
 def _line(peer: str, out: dict[str, Any], requests: int, delay: float) -> str:
     b = out["bursts"]
+    c = out.get("burst_cost") or {}
+    cost = (
+        f"\n    CPU per burst: median {c['median_cpu_ms']:.2f} ms for {c['median_ready']:.0f} ready "
+        f"sockets; fit {c['fixed_ms']:.2f} ms + {c['per_ready_ms']:.3f} ms per ready socket"
+        if c
+        else ""
+    )
     gcs = " ".join(f"g{g}: {n} ({ms:.0f} ms)" for g, (n, ms) in out["gc"].items())
     bursts = (
         f"bursts {b['bursts_per_s']:.2f}/s (median gap {b['median_gap_s']:.3f} s, "
@@ -146,7 +179,7 @@ def _line(peer: str, out: dict[str, Any], requests: int, delay: float) -> str:
         f"{peer}: {requests} requests, CPU {1000 * out['cpu'] / requests:.3f} ms/request, "
         f"wake-ups {out['switches'] / requests:.3f}/request, loop iterations "
         f"{out['iterations'] / requests:.2f}/request, mean delay {delay:.2f} s*\n"
-        f"    {bursts}\n    collections {gcs}"
+        f"    {bursts}\n    collections {gcs}{cost}"
     )
 
 
