@@ -26,7 +26,7 @@ cost is not saturation but wake-ups: each time the process sleeps and wakes cost
 CPU on Linux, more than a request. So each peer also reports its wake-ups (voluntary context
 switches) per request, and the real-time run adds ``sdk-fixed``: the SDK on the gather loop's own
 schedule (every 3 s, no learning), which separates the SDK's per-request path from what its
-learned schedule's extra wake-ups cost.
+learned schedule costs or saves (the model's work; its wake-ups).
 
     python -m benchmarks.peers [--quick] [--tasks 1000] [--concurrency 100] [--repeats 3]
     python -m benchmarks.peers --real-time [--repeats 3]
@@ -481,8 +481,9 @@ def report(data: dict[str, Any]) -> str:
     if fixed is not None:
         lines.append(
             f"The SDK on the gather loop's schedule (sdk-fixed: every 3 s, no learning) ÷ gather: "
-            f"**{fixed['median']:.2f}×**. The difference to the first ratio is what the learned "
-            "schedule's extra wake-ups cost (each one 0.1–0.3 ms of CPU after a long sleep)."
+            f"**{fixed['median']:.2f}×**. The difference to the first ratio is what learning costs "
+            "or saves: the model's work, and the wake-ups of its schedule (each one 0.1–0.3 ms of "
+            "CPU after a long sleep)."
         )
     if data.get("sdk_commit"):
         lines.append(f"\nSDK measured at commit {data['sdk_commit']}.")

@@ -96,8 +96,11 @@ SECTIONS = [
         "Target: the SDK's at most 1.2× the gather loop's. Wake-ups/req counts the times the "
         "client slept and woke (each 0.1–0.3 ms of CPU after a long sleep on this machine); "
         "`sdk-fixed` is the SDK on the gather loop's own schedule (every 3 s, no learning), "
-        "which separates the SDK's per-request path from what its learned schedule costs: "
-        "polls spread over more instants, in smaller groups, and the model's own work.",
+        "which separates the SDK's per-request path from what its learned schedule costs or "
+        "saves: the model's own work, and wake-ups (learned polls share instants on a "
+        "power-of-two grid, so the SDK can wake less often than the fixed schedule). Single "
+        "real-time runs on this VM vary by about ±15% from one to the next: read the ratios "
+        "paired by repeat.",
     ),
     (
         "web_backend",
