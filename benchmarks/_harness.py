@@ -154,6 +154,20 @@ def current_rss_mb() -> float:
     return math.nan
 
 
+def lognormal_emulator_args(median: float, sigma: float, scale: float, seed: int) -> list[str]:
+    """Emulator arguments for lognormal(median, sigma) service times × ``scale``, nothing queued."""
+    return [
+        "--service-time",
+        f"lognormal:{median},{sigma}",
+        "--time-scale",
+        str(scale),
+        "--workers",
+        "100000",
+        "--seed",
+        str(seed),
+    ]
+
+
 def median_spread(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of repeated measurements."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -51,6 +51,7 @@ from typing import Any
 from ._harness import (
     StandaloneEmulator,
     cpu_seconds,
+    lognormal_emulator_args,
     median_spread,
     peak_rss_mb,
     percentile,
@@ -280,16 +281,7 @@ def score(
 
 def emulator_args(scale: float) -> list[str]:
     """The emulator's workload for P5: lognormal(MEDIAN, SIGMA) × ``scale``, nothing queued."""
-    return [
-        "--service-time",
-        f"lognormal:{MEDIAN},{SIGMA}",
-        "--time-scale",
-        str(scale),
-        "--workers",
-        "100000",
-        "--seed",
-        "5",
-    ]
+    return lognormal_emulator_args(MEDIAN, SIGMA, scale, seed=5)
 
 
 def _proc_cpu(emu: StandaloneEmulator) -> float:

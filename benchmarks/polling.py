@@ -37,6 +37,7 @@ from ._harness import (
     RESULTS,
     StandaloneEmulator,
     cpu_seconds,
+    lognormal_emulator_args,
     median_spread,
     percentile,
     save,
@@ -148,16 +149,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "fixed 1 s": fixed(1.0 * scale),
         "fixed 3 s": fixed(3.0 * scale),
     }
-    emulator_args = [
-        "--service-time",
-        f"lognormal:{MEDIAN},{SIGMA}",
-        "--time-scale",
-        str(scale),
-        "--workers",
-        "100000",
-        "--seed",
-        "3",
-    ]
+    emulator_args = lognormal_emulator_args(MEDIAN, SIGMA, scale, seed=3)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in policies}
     with StandaloneEmulator(emulator_args) as emu:
         for repeat in range(args.repeats):
