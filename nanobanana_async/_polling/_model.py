@@ -140,6 +140,10 @@ _MAX_STEPS = 400
 _PHASE_GRID = 6
 _PHASE_REFINE = 5
 _CALIBRATION_STEPS = 8
+# A warm start's correction to Keller's K is kept only within these (a wild one would start the
+# next search far off), and for at most this many (target, bounds) keys.
+_MIN_K_RATIO, _MAX_K_RATIO = 0.2, 5.0
+_MAX_CALIBRATIONS = 64
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _GAP_FACTORS = (1.0, 1.5, 2.0, 3.0, 5.0)
 # A plan search warm-started from the previous plan's shape: the phase within a factor
@@ -936,6 +940,10 @@ class CompletionModel:
         self._classes: dict[str, _Population] = {}
         self._now = 0.0  # the latest time an observation carried
         self._calibration: dict[tuple[float, float, float], float] = {}
+        # Per calibration key: the last calibrated K ÷ Keller's continuous estimate. It changes
+        # little from fit to fit, so the next calibration starts there (often within tolerance
+        # at the first evaluation) instead of at Keller's estimate. Kept across refits.
+        self._k_ratio: dict[tuple[float, float, float], float] = {}
         self.fits = 0  # bumped by every refit: whoever derives figures from the fit redoes them
         self.changes = 0  # shifts the change detector caught
 
@@ -1294,9 +1302,11 @@ class CompletionModel:
                 for w, f in mix
             )
 
-        # From Keller's continuous estimate, a secant search on log K vs log delay (delay falls
-        # as K grows), each K with its own best plan.
-        k = sum(w * f.unit_delay for w, f in mix) / target_delay
+        # From Keller's continuous estimate (times the last calibration's correction to it), a
+        # secant search on log K vs log delay (delay falls as K grows), each K with its own best
+        # plan.
+        keller = sum(w * f.unit_delay for w, f in mix) / target_delay
+        k = keller * self._k_ratio.get(key, 1.0)
         lo: tuple[float, float] | None = None  # (log k, log delay) with delay above the target
         hi: tuple[float, float] | None = None  # ... below it
         log_t = math.log(target_delay)
@@ -1328,6 +1338,11 @@ class CompletionModel:
         else:
             k = best[1] if best is not None else k
         self._calibration[key] = k
+        ratio = k / keller
+        if _MIN_K_RATIO <= ratio <= _MAX_K_RATIO and (
+            key in self._k_ratio or len(self._k_ratio) < _MAX_CALIBRATIONS
+        ):
+            self._k_ratio[key] = ratio
         return k
 
     def next_poll(

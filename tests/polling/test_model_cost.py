@@ -9,6 +9,7 @@ evaluations, and one call doing a refit and a calibration back to back (20 ms se
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -75,9 +76,29 @@ def test_a_calibration_after_a_refit_evaluates_few_schedules(
             break
     assert model.fits != fits
     evaluations = _count(monkeypatch, _model._Fit, "evaluate")
-    model.k_for_target_delay(0.1, min_interval=0.05, max_interval=0.3)
-    # Three secant steps here: before, 69 evaluations (a full plan search each); now 39.
-    assert 0 < len(evaluations) <= 45
+    k = model.k_for_target_delay(0.1, min_interval=0.05, max_interval=0.3)
+    # Started from Keller's estimate, three secant steps here: 69 evaluations with a full plan
+    # search each, then 39 with plan searches started from the last shape. Started from the
+    # last calibration's correction to Keller's estimate, one: 13.
+    assert 0 < len(evaluations) <= 16
+    # ... and the K it settles on still gives the target delay (within the search's 2%).
+    fit = model._pooled.fit
+    delay = fit.evaluate(k, fit.plan(k, 0.05, 0.3), 0.05)[1]
+    assert abs(math.log(delay / 0.1)) < 0.02
+
+
+def test_the_warm_start_corrections_are_bounded() -> None:
+    # One correction per (target, bounds) key, at most _MAX_CALIBRATIONS of them: per-call
+    # targets from a web backend's users must not grow the model without bound.
+    model = CompletionModel(min_samples=20)
+    rng = random.Random(4)
+    for i in range(100):
+        d = rng.lognormvariate(0.0, 0.4)
+        model.observe_interval(0.9 * d, d, now=float(i))
+    for i in range(_model._MAX_CALIBRATIONS + 20):
+        model.k_for_target_delay(0.05 + 0.01 * i, min_interval=0.05, max_interval=3.0)
+    assert len(model._k_ratio) == _model._MAX_CALIBRATIONS
+    assert all(_model._MIN_K_RATIO <= r <= _model._MAX_K_RATIO for r in model._k_ratio.values())
 
 
 def test_the_only_size_class_is_fitted_once(monkeypatch: pytest.MonkeyPatch) -> None:
