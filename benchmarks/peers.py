@@ -406,6 +406,24 @@ def cpu_per_request(peer: dict[str, Any]) -> float:
     return statistics.median(_cpu_per_request(r) for r in peer["runs"])
 
 
+def cpu_per_task_ratio(
+    sdk: list[dict[str, Any]], gather: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """SDK ÷ gather client CPU per task, paired by repeat; None if a run lacks its task count.
+
+    Beside the per-request figure: the SDK's result route answers the poll that finds a task
+    done, so it sends fewer requests per task than the gather loop (status, then result).
+    """
+    pairs = list(zip(sdk, gather, strict=False))
+    if not pairs or any("tasks" not in r for pair in pairs for r in pair):
+        return None
+    ratios = [
+        (s["client_cpu_s"] / max(1, s["tasks"])) / (g["client_cpu_s"] / max(1, g["tasks"]))
+        for s, g in pairs
+    ]
+    return median_spread(ratios)
+
+
 def sdk_over_gather(data: dict[str, Any]) -> dict[str, float] | None:
     """The saved SDK ÷ gather ratio of CPU per request (computed for results saved without it)."""
     if "sdk_over_gather_cpu_per_request" in data:
@@ -469,6 +487,16 @@ def report(data: dict[str, Any]) -> str:
             f"\nClient CPU per request, SDK ÷ gather: **{ratio['median']:.2f}×**{spread} "
             "(paired by repeat)."
         )
+        peers = data["peers"]
+        per_task = cpu_per_task_ratio(
+            peers.get("sdk", {}).get("runs", []), peers.get("gather", {}).get("runs", [])
+        )
+        if per_task is not None:
+            lines.append(
+                f"Client CPU per task, SDK ÷ gather: **{per_task['median']:.2f}×** "
+                f"({per_task['min']:.2f}–{per_task['max']:.2f}): the SDK sends fewer requests "
+                "per task (the poll that finds a task done brings its result)."
+            )
     fixed = data.get("sdk_fixed_over_gather_cpu_per_request")
     if fixed is not None:
         lines.append(

@@ -135,6 +135,12 @@ def test_real_time_peers_show_wake_ups_and_the_sdk_on_the_gather_schedule() -> N
     text = peers.report(data)
     assert "| 0.24 " in text and "| 0.1 " in text
     assert "(sdk-fixed: every 3 s, no learning) ÷ gather: **1.09×**" in text
+    # Runs saved without their task count: no per-task line; with it, paired by repeat.
+    assert "per task" not in text
+    data["peers"]["sdk"]["runs"][0]["tasks"] = 200
+    data["peers"]["gather"]["runs"][0]["tasks"] = 100
+    text = peers.report(data)
+    assert "Client CPU per task, SDK ÷ gather: **0.60×** (0.60–0.60)" in text
     [row] = [line for line in text.splitlines() if line.startswith("| sdk-fixed ")]
     assert "| 3 s (=3) " in row
 
