@@ -215,3 +215,54 @@ def test_no_call_both_refits_and_calibrates_k(monkeypatch: pytest.MonkeyPatch) -
     )
     assert refitted
     assert not both
+
+
+def test_a_refit_that_keeps_the_fit_evaluates_the_likelihood_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A steady stream: each refit's first Newton step from the kept fit stays well inside the
+    # hold box, so the fit is kept after one likelihood evaluation instead of a full solve
+    # (about four); a stream that moved still gets the full solve and a new fit.
+    rng = random.Random(4)
+    model = CompletionModel()
+    for _ in range(2000):
+        model.observe(rng.lognormvariate(math.log(20.0), 0.5))
+    fit, fits = model._pooled.fit, model.fits
+    newtons = _count(monkeypatch, _model, "_newton")
+    logliks = _count(monkeypatch, _model, "_loglik")
+    for _ in range(300):
+        model.observe(rng.lognormvariate(math.log(20.0), 0.5))
+    assert len(newtons) >= 2 and len(logliks) == len(newtons)
+    assert model._pooled.fit is fit and model.fits == fits
+    newtons.clear()
+    logliks.clear()
+    for _ in range(400):  # a third slower
+        model.observe(rng.lognormvariate(math.log(26.0), 0.5))
+    assert model.fits > fits and len(logliks) >= 3 * len(newtons) > 0
+
+
+def test_the_one_step_answer_agrees_with_the_full_solve() -> None:
+    # Started near the maximum, from inside the hold box and from just outside it: wherever the
+    # first step says "within the box", the full solve lands within the hold too; elsewhere the
+    # answer is the full solve's.
+    rng = random.Random(7)
+    hold = _model._FIT_HOLD
+    early = 0
+    for trial in range(300):
+        mu, sigma = rng.uniform(-1.0, 4.0), rng.uniform(0.2, 1.2)
+        finished = []
+        for _ in range(rng.randint(30, 400)):
+            x = rng.gauss(mu, sigma)
+            finished.append((x - 0.05, x + 0.05, 1.0))
+        best_mu, best_sigma, _ = _model._newton(finished, [], mu, sigma)
+        start_mu = best_mu + rng.uniform(-1.5, 1.5) * hold
+        start_sigma = best_sigma * (1.0 + rng.uniform(-1.5, 1.5) * hold)
+        quick = _model._newton(finished, [], start_mu, start_sigma, hold=hold)
+        full = _model._newton(finished, [], start_mu, start_sigma)
+        if quick[:2] == (start_mu, start_sigma):
+            early += 1
+            assert abs(full[0] - start_mu) <= hold, trial
+            assert abs(full[1] - start_sigma) <= hold * start_sigma, trial
+        else:
+            assert quick[:2] == full[:2]
+    assert 50 < early < 250  # both branches ran
