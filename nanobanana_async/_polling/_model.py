@@ -15,7 +15,9 @@ most every 5 s or a tenth of the median, if longer, unless a quarter of the wind
 change detector's refits are immediate), never per poll; the running tasks come from a callable
 (the scheduler's live entries), a uniform sample of at most a few hundred read at refit time. A
 refit that moves the fit by less than a hair (``_FIT_HOLD``) keeps the fit the polls follow, and
-with it K and the schedule's plans, exactly: no recalibration, and no refit-to-refit jitter.
+with it K and the schedule's plans, exactly: no recalibration, and no refit-to-refit jitter; when
+the first Newton step already says so, it stops there (one likelihood evaluation). A K
+calibration starts from the last one's correction to Keller's estimate.
 
 Which tasks: a cohort, every task submitted since the oldest of the last ``window`` finished ones,
 finished or running; while the change detector stays quiet the window grows, up to 16 times
