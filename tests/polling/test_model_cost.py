@@ -88,8 +88,8 @@ def test_a_calibration_after_a_refit_evaluates_few_schedules(
 
 
 def test_the_warm_start_corrections_are_bounded() -> None:
-    # One correction per (target, bounds) key, at most _MAX_CALIBRATIONS of them: per-call
-    # targets from a web backend's users must not grow the model without bound.
+    # One correction per (target, bounds) key, at most _MAX_CALIBRATIONS of them: the scheduler
+    # asks for one key, but a caller asking for many must not grow the model without bound.
     model = CompletionModel(min_samples=20)
     rng = random.Random(4)
     for i in range(100):
