@@ -20,6 +20,8 @@ from nanobanana_async._polling._model import CompletionModel
 from nanobanana_async._polling._policy import PollPolicy
 from nanobanana_async._polling._scheduler import PollScheduler
 
+from .streams import observe, steady
+
 FAST = PollPolicy(initial_delay=0.2, max_interval=0.3, min_interval=0.05, target_delay=0.1)
 
 
@@ -223,21 +225,16 @@ def test_a_refit_that_keeps_the_fit_evaluates_the_likelihood_once(
     # A steady stream: each refit's first Newton step from the kept fit stays well inside the
     # hold box, so the fit is kept after one likelihood evaluation instead of a full solve
     # (about four); a stream that moved still gets the full solve and a new fit.
-    rng = random.Random(4)
-    model = CompletionModel()
-    for _ in range(2000):
-        model.observe(rng.lognormvariate(math.log(20.0), 0.5))
+    model, rng = steady(2000)
     fit, fits = model._pooled.fit, model.fits
     newtons = _count(monkeypatch, _model, "_newton")
     logliks = _count(monkeypatch, _model, "_loglik")
-    for _ in range(300):
-        model.observe(rng.lognormvariate(math.log(20.0), 0.5))
+    observe(model, rng, 300, median=20.0)
     assert len(newtons) >= 2 and len(logliks) == len(newtons)
     assert model._pooled.fit is fit and model.fits == fits
     newtons.clear()
     logliks.clear()
-    for _ in range(400):  # a third slower
-        model.observe(rng.lognormvariate(math.log(26.0), 0.5))
+    observe(model, rng, 400, median=26.0)  # a third slower
     assert model.fits > fits and len(logliks) >= 3 * len(newtons) > 0
 
 

@@ -20,6 +20,8 @@ from nanobanana_async._polling import _model
 from nanobanana_async._polling._model import CompletionModel
 from nanobanana_async._polling._policy import PollPolicy
 
+from .streams import observe, steady
+
 
 def _poll_one_at_a_time(
     model: CompletionModel, durations: list[float], now: float, gap: float = 1.0
@@ -153,29 +155,21 @@ def test_a_refit_that_barely_moves_keeps_the_fit_k_and_plans_exactly(
     # A steady stream: ordinary refits move the fit by less than _FIT_HOLD, so the fit the polls
     # follow stays the very same object (its grid and plans), ``fits`` does not move (the
     # scheduler keeps its K), and K is the very same float: no refit-to-refit jitter.
-    rng = random.Random(4)
-    model = CompletionModel()
-    for _ in range(2000):
-        model.observe(rng.lognormvariate(math.log(20.0), 0.5))
+    model, rng = steady(2000)
     k1 = model.k_for_target_delay(1.0, min_interval=0.25, max_interval=10.0)
     fit, fits = model._pooled.fit, model.fits
     refits = _count_refits(monkeypatch)
-    for _ in range(300):
-        model.observe(rng.lognormvariate(math.log(20.0), 0.5))
+    observe(model, rng, 300, median=20.0)
     assert len(refits) >= 2  # refits ran ...
     assert model._pooled.fit is fit and model.fits == fits  # ... and kept the fit
     assert model.k_for_target_delay(1.0, min_interval=0.25, max_interval=10.0) == k1
 
 
 def test_a_refit_that_moves_the_fit_replaces_it_and_recalibrates_k() -> None:
-    rng = random.Random(4)
-    model = CompletionModel()
-    for _ in range(2000):
-        model.observe(rng.lognormvariate(math.log(20.0), 0.5))
+    model, rng = steady(2000)
     k1 = model.k_for_target_delay(1.0, min_interval=0.25, max_interval=10.0)
     fits, mu = model.fits, model._pooled.fit.mu
-    for _ in range(400):  # a third slower
-        model.observe(rng.lognormvariate(math.log(26.0), 0.5))
+    observe(model, rng, 400, median=26.0)  # a third slower
     assert model.fits > fits and model._pooled.fit.mu > mu + _model._FIT_HOLD
     k2 = model.k_for_target_delay(1.0, min_interval=0.25, max_interval=10.0)
     assert k2 != k1
