@@ -741,20 +741,18 @@ def _newton(
     tau = 1.0 / sigma
     eta = mu * tau
     cur = _loglik(finished, running, eta, tau, tilt, anchor)
-    if hold is not None:
-        first = _newton_step(cur)
-        if first is not None:
-            new_eta, new_tau = _clamp(eta + first[0], tau + first[1])
-            if (
-                abs(new_eta / new_tau - mu) <= _HOLD_SURE * hold
-                and abs(1.0 / new_tau - sigma) <= _HOLD_SURE * hold * sigma
-            ):
-                return mu, sigma, _Info(-cur[3], -cur[4], -cur[5])
+    full = _newton_step(cur)
+    if hold is not None and full is not None:
+        new_eta, new_tau = _clamp(eta + full[0], tau + full[1])
+        if (
+            abs(new_eta / new_tau - mu) <= _HOLD_SURE * hold
+            and abs(1.0 / new_tau - sigma) <= _HOLD_SURE * hold * sigma
+        ):
+            return mu, sigma, _Info(-cur[3], -cur[4], -cur[5])
     for _ in range(_NEWTON_STEPS):
-        ll = cur[0]
-        full = _newton_step(cur)
         if full is None:
             break
+        ll = cur[0]
         de, dt = full
         step = 1.0
         moved = False
@@ -770,6 +768,7 @@ def _newton(
             break
         if abs(step * de) < 1e-6 * (1.0 + abs(eta)) and abs(step * dt) < 1e-6 * tau:
             break
+        full = _newton_step(cur)
     return eta / tau, 1.0 / tau, _Info(-cur[3], -cur[4], -cur[5])
 
 
