@@ -388,7 +388,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def cpu_ratio(sdk: list[dict[str, Any]], gather: list[dict[str, Any]]) -> dict[str, float] | None:
     """SDK ÷ gather client CPU per request, paired by repeat (median, min, max); None if either
     peer has no run."""
-    ratios = [_cpu_per_request(s) / _cpu_per_request(g) for s, g in zip(sdk, gather, strict=False)]
+    return _paired_ratio(sdk, gather, _cpu_per_request)
+
+
+def _paired_ratio(
+    sdk: list[dict[str, Any]],
+    gather: list[dict[str, Any]],
+    per_run: Callable[[dict[str, Any]], float],
+) -> dict[str, float] | None:
+    """``per_run`` of the SDK ÷ of gather, repeat by repeat (median, min, max); None if no pair."""
+    ratios = [per_run(s) / per_run(g) for s, g in zip(sdk, gather, strict=False)]
     return median_spread(ratios) if ratios else None
 
 
@@ -414,14 +423,9 @@ def cpu_per_task_ratio(
     Beside the per-request figure: the SDK's result route answers the poll that finds a task
     done, so it sends fewer requests per task than the gather loop (status, then result).
     """
-    pairs = list(zip(sdk, gather, strict=False))
-    if not pairs or any("tasks" not in r for pair in pairs for r in pair):
+    if any("tasks" not in r for pair in zip(sdk, gather, strict=False) for r in pair):
         return None
-    ratios = [
-        (s["client_cpu_s"] / max(1, s["tasks"])) / (g["client_cpu_s"] / max(1, g["tasks"]))
-        for s, g in pairs
-    ]
-    return median_spread(ratios)
+    return _paired_ratio(sdk, gather, lambda run: run["client_cpu_s"] / max(1, run["tasks"]))
 
 
 def sdk_over_gather(data: dict[str, Any]) -> dict[str, float] | None:
