@@ -108,7 +108,7 @@ async def test_a_poll_told_to_wait_past_the_cap_fails_fast_with_the_rate_limit(
         started = time.monotonic()
         with pytest.raises(RateLimitError) as caught:
             await job.result(timeout=3)
-        assert time.monotonic() - started < 0.5  # not the 3 s timeout: the cap ended it
+        assert time.monotonic() - started < 2  # not the 3 s timeout: the cap ended it
         assert caught.value.retry_after == float(retry_after)
         assert s.count("response") == 1
 

@@ -220,10 +220,13 @@ def make_client(api: FakeApi, **kw: Any) -> Client:
     return Client(KEY, base_url=api.origin + "/model", **kw)
 
 
-async def call(client: Client, route: str, how: str = "") -> object:
-    """Drive ``route`` through the public API; return its value or the exception it raised."""
+async def call(client: Client, route: str, how: str = "", wait: float = 1.5) -> object:
+    """Drive ``route`` through the public API; return its value or the exception it raised.
+
+    ``wait`` is the result routes' own timeout; the whole call is cut off well after it.
+    """
     try:
-        with anyio.fail_after(8):
+        with anyio.fail_after(wait + 6.5):
             if route == "create":
                 return await client.submit("bad create")
             if route == "status":
@@ -231,11 +234,11 @@ async def call(client: Client, route: str, how: str = "") -> object:
             if route == "cancel":
                 return await client.cancel("bad-1")
             if how == "generate":
-                return await client.generate("bad generate", timeout=1.5)
+                return await client.generate("bad generate", timeout=wait)
             if how == "job":
                 job = await client.submit("bad job")
-                return await job.result(timeout=1.5)
-            return await client.result("bad-1", timeout=1.5)
+                return await job.result(timeout=wait)
+            return await client.result("bad-1", timeout=wait)
     except Exception as exc:  # noqa: BLE001 - the type is what is checked
         return exc
 
@@ -408,9 +411,13 @@ ABSURD_RETRY_AFTER = [
 ]
 # Values that parse to a wait beyond RETRY.max_retry_after; every other one counts as absent.
 BEYOND_THE_CAP = {"1e12", "Fri, 01 Jan 2100 00:00:00 GMT"}
-# Far below the surrounding timeouts (call's 1.5 s wait, TIMEOUT.deadline 3 s): a test that
-# ended by timing out cannot pass for one that ended on the server's answer.
-FAST = 0.5
+# The server's answer ends these calls in milliseconds (RETRY's backoff is at most 5 ms, its
+# Retry-After cap 0.2 s). FAST leaves seconds for a stalled CI machine (0.58 s seen once under
+# a 0.5 s bound) and stays far below every timeout the calls run under (PATIENT, PATIENT_WAIT),
+# so a call that ended by timing out cannot pass for one that ended on the server's answer.
+FAST = 2.0
+PATIENT = Timeout(connect=8, read=8, deadline=10, cancel=8)
+PATIENT_WAIT = 8.0
 
 
 def expected_error(route: str, status: int, value: str) -> type[NanoBananaError]:
@@ -437,9 +444,9 @@ async def test_absurd_retry_after(
     api.hostile[route] = Reply(
         status, {"error": {"code": "SLOW", "message": "down"}}, headers={"Retry-After": value}
     )
-    async with make_client(api) as client:
+    async with make_client(api, timeout=PATIENT) as client:
         started = time.monotonic()
-        error = await call(client, route)
+        error = await call(client, route, wait=PATIENT_WAIT)
         elapsed = time.monotonic() - started
         check_error(error)
         assert type(error) is expected_error(route, status, value), repr(error)
@@ -447,7 +454,7 @@ async def test_absurd_retry_after(
         api.hostile.clear()
         started = time.monotonic()
         await assert_still_works(client)
-        assert time.monotonic() - started < 1  # no client-wide hold of 1e12 s
+        assert time.monotonic() - started < FAST  # no client-wide hold of 1e12 s
     if isinstance(error, SubmissionUnknownError):
         error = error.__cause__
         assert isinstance(error, ServerError)
