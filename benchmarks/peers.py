@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -49,6 +50,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._harness import (
+    GcPauses,
     StandaloneEmulator,
     cpu_seconds,
     lognormal_emulator_args,
@@ -168,6 +170,11 @@ def _mark() -> None:
     """Start the measured window (after imports and any warm-up)."""
     _START["wall"], _START["cpu"] = time.monotonic(), cpu_seconds()
     _START["sleeps"] = _voluntary_switches()
+    _GC.restart()
+
+
+# Collections inside the window (``_mark`` starts it): see GcPauses for why they are shown apart.
+_GC = GcPauses(on=False)
 
 
 def _voluntary_switches() -> float:
@@ -191,11 +198,17 @@ WORKERS: dict[
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Run one peer's batch and print its own figures as one JSON line."""
     prompts = [f"measure {args.tag} {i}" for i in range(args.tasks)]
-    done = asyncio.run(WORKERS[args.worker](args, prompts))
+    gc.callbacks.append(_GC.on_gc)
+    try:
+        done = asyncio.run(WORKERS[args.worker](args, prompts))
+    finally:
+        gc.callbacks.remove(_GC.on_gc)
     out = {
         "wall": time.monotonic() - _START["wall"],
         "cpu": cpu_seconds() - _START["cpu"],
         "wakeups": _voluntary_switches() - _START["sleeps"],
+        "gc_seconds": _GC.total,
+        "gc_collections": {"young": _GC.count[0] + _GC.count[1], "full": _GC.count[2]},
         "peak_rss_mb": peak_rss_mb(),
         "done": done,
     }
@@ -253,6 +266,8 @@ def _run_peer(emu: FalEmulator, peer: str, args: argparse.Namespace, tag: str) -
         "cpu_ms_per_request": 1000 * out["cpu"] / max(1, requests),
         "requests_per_task": requests / max(1, len(ids)),
         "wakeups_per_request": out["wakeups"] / max(1, requests),
+        "gc_ms_per_request": 1000 * out["gc_seconds"] / max(1, requests),
+        "gc_collections": out["gc_collections"],
         "requests_delta_all": stats["requests"] - before["requests"],
         "client_cpu_s": out["cpu"],
         "client_peak_rss_mb": out["peak_rss_mb"],
@@ -350,6 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "client_cpu_s",
                 "cpu_ms_per_request",
                 "wakeups_per_request",
+                "gc_ms_per_request",
                 "client_peak_rss_mb",
                 "emulator_cpu_s",
                 "mean_delay_s",
@@ -428,6 +444,17 @@ def cpu_per_task_ratio(
     return _paired_ratio(sdk, gather, lambda run: run["client_cpu_s"] / max(1, run["tasks"]))
 
 
+def cpu_outside_gc_ratio(
+    sdk: list[dict[str, Any]], gather: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """SDK ÷ gather client CPU per request less the GC pauses, paired; None without GC figures."""
+    if any("gc_ms_per_request" not in r for pair in zip(sdk, gather, strict=False) for r in pair):
+        return None
+    return _paired_ratio(
+        sdk, gather, lambda run: _cpu_per_request(run) - float(run["gc_ms_per_request"])
+    )
+
+
 def sdk_over_gather(data: dict[str, Any]) -> dict[str, float] | None:
     """The saved SDK ÷ gather ratio of CPU per request (computed for results saved without it)."""
     if "sdk_over_gather_cpu_per_request" in data:
@@ -459,6 +486,7 @@ def report(data: dict[str, Any]) -> str:
                 s["requests_per_task"]["median"],
                 s["client_cpu_s"]["median"],
                 cpu_per_request(s),
+                s["gc_ms_per_request"]["median"] if "gc_ms_per_request" in s else "—",
                 s["wakeups_per_request"]["median"] if "wakeups_per_request" in s else "—",
                 s["client_peak_rss_mb"]["median"],
                 s["emulator_cpu_s"]["median"],
@@ -476,6 +504,7 @@ def report(data: dict[str, Any]) -> str:
         "req/task",
         "client CPU s",
         "CPU ms/req",
+        "of which GC",
         "wake-ups/req",
         "peak RSS MiB",
         "emulator CPU s",
@@ -500,6 +529,16 @@ def report(data: dict[str, Any]) -> str:
                 f"Client CPU per task, SDK ÷ gather: **{per_task['median']:.2f}×** "
                 f"({per_task['min']:.2f}–{per_task['max']:.2f}): the SDK sends fewer requests "
                 "per task (the poll that finds a task done brings its result)."
+            )
+        outside = cpu_outside_gc_ratio(
+            peers.get("sdk", {}).get("runs", []), peers.get("gather", {}).get("runs", [])
+        )
+        if outside is not None:
+            lines.append(
+                f"Client CPU per request outside garbage collection, SDK ÷ gather: "
+                f"**{outside['median']:.2f}×** ({outside['min']:.2f}–{outside['max']:.2f}): "
+                "a full collection walks the whole process, imports included, and lands in one "
+                "short window but not in another."
             )
     fixed = data.get("sdk_fixed_over_gather_cpu_per_request")
     if fixed is not None:

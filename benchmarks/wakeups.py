@@ -31,11 +31,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 from typing import Any
 
 from . import peers
-from ._harness import StandaloneEmulator, cpu_seconds
+from ._harness import GcPauses, StandaloneEmulator, cpu_seconds
 
 BURST_GAP = 0.03  # s: wake-ups closer than this belong to one burst
 BLOCKED = 0.0003  # s: a select that waited at least this long put the process to sleep
@@ -106,26 +105,15 @@ def _burst_cost(calls: list[tuple[float, float, int]], cpu_at_entry: list[float]
 def child(args: argparse.Namespace) -> None:
     """Run the peer's batch in this process and print its counters as one JSON line."""
     selector = _CountingSelector()
-    collections: Counter[int] = Counter()
-    gc_cpu: dict[int, float] = {0: 0.0, 1: 0.0, 2: 0.0}
-    started: dict[str, float] = {}
-
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        if not selector.on:
-            return
-        if phase == "start":
-            started["gc"] = time.thread_time()
-        else:
-            collections[info["generation"]] += 1
-            gc_cpu[info["generation"]] += time.thread_time() - started.get("gc", time.thread_time())
-
-    gc.callbacks.append(on_gc)
+    pauses = GcPauses(on=False)
+    gc.callbacks.append(pauses.on_gc)
     base: dict[str, float] = {}
     mark = peers._mark
 
     def start_window() -> None:
         mark()
         selector.on = True
+        pauses.restart()
         base["switches"] = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
     peers._mark = start_window
@@ -144,7 +132,7 @@ def child(args: argparse.Namespace) -> None:
     try:
         done = loop.run_until_complete(peers.WORKERS[args.peer](ns, prompts))
     finally:
-        selector.on = False
+        selector.on = pauses.on = False
         loop.close()
     out = {
         "cpu": cpu_seconds() - peers._START["cpu"],
@@ -152,7 +140,7 @@ def child(args: argparse.Namespace) -> None:
         "iterations": len(selector.calls),
         "bursts": _bursts(selector.calls),
         "burst_cost": _burst_cost(selector.calls, selector.cpu_at_entry),
-        "gc": {str(g): [collections[g], 1000 * gc_cpu[g]] for g in (0, 1, 2)},
+        "gc": {str(g): [pauses.count[g], 1000 * pauses.cpu[g]] for g in (0, 1, 2)},
         "done": done,
     }
     print(json.dumps(out), flush=True)

@@ -44,7 +44,15 @@ from aiohttp.test_utils import TestServer
 
 from nanobanana_async import Client, PollPolicy
 
-from ._harness import StandaloneEmulator, cpu_seconds, median_spread, percentile, save, table
+from ._harness import (
+    GcPauses,
+    StandaloneEmulator,
+    cpu_seconds,
+    median_spread,
+    percentile,
+    save,
+    table,
+)
 from .peers import sdk_commit
 
 TOTAL, DROPPED = 200, 50
@@ -79,20 +87,7 @@ class LoopMeter:
     def __init__(self) -> None:
         self.iterations: list[float] = []  # CPU seconds of each loop iteration
         self.beside_gc: list[float] = []  # the same, less the collector's pauses within it
-        self.gc_pauses: list[float] = []  # CPU seconds of each collection of the oldest generation
-        self.collections = 0  # collections of any generation
-        self._gc_cpu = 0.0
-        self._gc_started = 0.0
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        now = time.thread_time()
-        if phase == "start":
-            self._gc_started = now
-            return
-        self.collections += 1
-        self._gc_cpu += now - self._gc_started
-        if info["generation"] == 2:
-            self.gc_pauses.append(now - self._gc_started)
+        self.gc = GcPauses()
 
     @contextmanager
     def measure(self) -> Iterator[None]:
@@ -101,20 +96,20 @@ class LoopMeter:
         run_once = loop._run_once  # type: ignore[attr-defined]
 
         def timed() -> None:
-            started, gc_before = time.thread_time(), self._gc_cpu
+            started, gc_before = time.thread_time(), self.gc.total
             try:
                 run_once()
             finally:
                 spent = time.thread_time() - started
                 self.iterations.append(spent)
-                self.beside_gc.append(spent - (self._gc_cpu - gc_before))
+                self.beside_gc.append(spent - (self.gc.total - gc_before))
 
         loop._run_once = timed  # type: ignore[attr-defined]  # BaseEventLoop calls self._run_once()
-        gc.callbacks.append(self._on_gc)
+        gc.callbacks.append(self.gc.on_gc)
         try:
             yield
         finally:
-            gc.callbacks.remove(self._on_gc)
+            gc.callbacks.remove(self.gc.on_gc)
             del loop._run_once  # type: ignore[attr-defined]
 
 
@@ -201,8 +196,8 @@ async def one_burst(
         "health_worst_ms": 1000 * latencies[-1],
         "loop_worst_cpu_ms": 1000 * max(meter.iterations),
         "loop_worst_beside_gc_ms": 1000 * max(meter.beside_gc),
-        "gc_worst_ms": 1000 * max(meter.gc_pauses, default=0.0),
-        "gc_collections": meter.collections,
+        "gc_worst_ms": 1000 * max(meter.gc.full_pauses, default=0.0),
+        "gc_collections": sum(meter.gc.count),
         "burst_wall_s": wall,
         "app_cpu_s": cpu,
         "api_requests": requests,

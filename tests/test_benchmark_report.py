@@ -155,3 +155,45 @@ def test_learning_targets_count_at_the_top_of_the_page() -> None:
     missed = [c for c in report.checks("polling_learn", data) if c.met is False]
     assert len(missed) == 1 and missed[0].target.startswith("(a)")
     assert "1.0100" in missed[0].shown
+
+
+def test_real_time_peers_show_the_collector_apart() -> None:
+    from benchmarks import peers
+
+    data = _peers_data(0.55, 0.46)
+    text = peers.report(data)
+    # Saved before GC pauses were timed: the column says so and there is no line for them.
+    assert "| CPU ms/req | of which GC |" in text and "outside garbage collection" not in text
+    sdk, gather = data["peers"]["sdk"], data["peers"]["gather"]
+    sdk["runs"][0]["gc_ms_per_request"] = 0.05  # 0.275 ms/req: 0.225 outside
+    gather["runs"][0]["gc_ms_per_request"] = 0.03  # 0.23 ms/req: 0.2 outside
+    sdk["gc_ms_per_request"] = {"median": 0.05, "min": 0.05, "max": 0.05}
+    text = peers.report(data)
+    assert "outside garbage collection, SDK ÷ gather: **1.12×** (1.12–1.12)" in text
+    [row] = [line for line in text.splitlines() if line.startswith("| sdk ")]
+    assert "| 0.05 " in row
+
+
+def test_gc_pauses_count_only_while_on_and_by_generation() -> None:
+    import gc
+
+    from benchmarks import peers
+    from benchmarks._harness import GcPauses
+
+    pauses = GcPauses(on=False)
+    gc.callbacks.append(pauses.on_gc)
+    try:
+        gc.collect()  # before the window: not counted
+        assert pauses.count == [0, 0, 0] and pauses.total == 0
+        pauses.restart()
+        gc.collect()
+        gc.collect(0)
+    finally:
+        gc.callbacks.remove(pauses.on_gc)
+    assert pauses.count[0] == 1 and pauses.count[2] == 1 and len(pauses.full_pauses) == 1
+    assert 0 < pauses.full_pauses[0] <= pauses.total < 5
+    # The peers' worker starts its count with the measured window, not at import.
+    peers._GC.count[2] = 7
+    peers._mark()
+    assert peers._GC.on and peers._GC.count == [0, 0, 0]
+    peers._GC.on = False
