@@ -3,11 +3,13 @@
 It answers the create with an id and the response route with a small finished result, with
 as little work per request as aiohttp allows, so that the client (not this server) is what a
 benchmark measures. Run in its own process: ``python -m benchmarks._minimal_server`` prints
-``base_url=http://127.0.0.1:PORT/model`` on its first line.
+``base_url=http://127.0.0.1:PORT/model`` on its first line. With ``--pending N`` the response
+route first answers 202 "in progress" N times per task: what a poll costs while a task runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -27,8 +29,19 @@ async def create(request: web.Request) -> web.Response:
     return web.Response(body=b'{"request_id":"%s"}' % rid.encode(), content_type="application/json")
 
 
+_PENDING = 0  # 202 answers per task before its result (``--pending``)
+_polls: dict[bytes, int] = {}  # pending answers given so far, per task still running
+
+
 async def response(request: web.Request) -> web.Response:
     rid = request.match_info["rid"].encode()
+    if _PENDING:
+        seen = _polls.get(rid, 0)
+        if seen < _PENDING:
+            _polls[rid] = seen + 1
+            body = b'{"status":"IN_PROGRESS","request_id":"%s"}' % rid
+            return web.Response(body=body, status=202, content_type="application/json")
+        _polls.pop(rid, None)
     body = _RESULT_HEAD + rid + b'",' + _RESULT_TAIL
     return web.Response(body=body, content_type="application/json")
 
@@ -63,6 +76,9 @@ async def _serve() -> None:
 if __name__ == "__main__":
     import asyncio
 
+    parser = argparse.ArgumentParser(prog="benchmarks._minimal_server")
+    parser.add_argument("--pending", type=int, default=0, help="202 answers per task first")
+    _PENDING = parser.parse_args().pending
     try:
         asyncio.run(_serve())
     except KeyboardInterrupt:

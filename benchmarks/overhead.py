@@ -13,8 +13,13 @@ also times the plain loop with ``--workers`` workers (64: fewer connections cost
 on this server), and the last column is the default poll policy's throughput on the same instant
 tasks (what the adaptive schedule leaves of the hot path).
 
+A second part measures the poll of a running task, which is most of a task's requests at a web
+backend's pace: the server answers 202 "in progress" ``--pending`` times per task before the
+result; both sides poll again at once (no schedule, no sleeping), and the figure is client CPU
+µs per request, plain and SDK, paired the same way.
+
     python -m benchmarks overhead [--quick] [--tasks 20000] [--concurrency 256] [--repeats 5]
-                                  [--no-pin]
+                                  [--pending 8] [--no-pin]
 """
 
 from __future__ import annotations
@@ -44,35 +49,44 @@ INSTANT = PollPolicy(
 MODEL = "nano_banana_pro"
 
 
-def minimal_server(cpus: set[int] | None = None) -> StandaloneEmulator:
-    """The minimal server in its own process (on ``cpus`` if given)."""
-    return StandaloneEmulator([], module="benchmarks._minimal_server", cpus=cpus)
+def minimal_server(cpus: set[int] | None = None, pending: int = 0) -> StandaloneEmulator:
+    """The minimal server in its own process (on ``cpus`` if given; ``pending`` 202s a task)."""
+    args = ["--pending", str(pending)] if pending else []
+    return StandaloneEmulator(args, module="benchmarks._minimal_server", cpus=cpus)
 
 
 async def plain_loop(base_url: str, tasks: int, workers: int) -> dict[str, float]:
-    """Hand-written aiohttp: POST create, then GET the response URL, per task."""
+    """Hand-written aiohttp: POST create, then GET the response URL until done, per task."""
     headers = {"Authorization": "Bearer minimal"}
     connector = aiohttp.TCPConnector(limit=workers)
     create_url = f"{base_url}/v1/queue/{MODEL}"
     remaining = tasks
-    done = 0
+    done = requests = 0
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def worker() -> None:
-            nonlocal remaining, done
+            nonlocal remaining, done, requests
             while remaining > 0:
                 remaining -= 1
                 async with session.post(create_url, json={"prompt": "plain"}) as r:
                     rid = (await r.json())["request_id"]
-                async with session.get(f"{create_url}/requests/{rid}/response") as r:
-                    body = await r.json()
+                while True:
+                    requests += 1
+                    async with session.get(f"{create_url}/requests/{rid}/response") as r:
+                        body = await r.json()
+                    if r.status == 200:
+                        break
                 done += bool(body["outputs"])
 
         wall, cpu = time.monotonic(), cpu_seconds()
         await asyncio.gather(*(worker() for _ in range(workers)))
         wall, cpu = time.monotonic() - wall, cpu_seconds() - cpu
     assert done == tasks
-    return {"tasks_per_s": tasks / wall, "cpu_us_per_task": 1e6 * cpu / tasks}
+    return {
+        "tasks_per_s": tasks / wall,
+        "cpu_us_per_task": 1e6 * cpu / tasks,
+        "cpu_us_per_request": 1e6 * cpu / (tasks + requests),
+    }
 
 
 async def sdk_run(
@@ -97,6 +111,7 @@ async def sdk_run(
     return {
         "tasks_per_s": tasks / wall,
         "cpu_us_per_task": 1e6 * cpu / tasks,
+        "cpu_us_per_request": 1e6 * cpu / sent,
         "requests_per_task": sent / tasks,
     }
 
@@ -134,6 +149,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         default = await sdk_run(url, min(args.tasks, 5000), 1000, PollPolicy())
+    pending = await pending_polls(args, cores) if args.pending else None
     return {
         "tasks": args.tasks,
         "concurrency": args.concurrency,
@@ -151,6 +167,42 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "ratio_to_few_workers": median_spread([r["ratio_to_few_workers"] for r in runs]),
         "default_policy_tasks_per_s": default["tasks_per_s"],
+        "pending": pending,
+    }
+
+
+async def pending_polls(
+    args: argparse.Namespace, cores: tuple[set[int], set[int]] | None
+) -> dict[str, Any]:
+    """The second part: tasks that answer ``args.pending`` polls with 202 first, paired runs."""
+    tasks = max(1, args.tasks // (args.pending + 2))  # about as many requests as the first part
+    runs = []
+    with minimal_server(cores[0] if cores else None, args.pending) as server:
+        url = server.base_url
+        await plain_loop(url, min(200, tasks), args.concurrency)  # warm both paths
+        await sdk_run(url, min(200, tasks), args.concurrency)
+        for repeat in range(args.repeats):
+            if repeat % 2 == 0:
+                plain = await plain_loop(url, tasks, args.concurrency)
+                sdk = await sdk_run(url, tasks, args.concurrency)
+            else:
+                sdk = await sdk_run(url, tasks, args.concurrency)
+                plain = await plain_loop(url, tasks, args.concurrency)
+            runs.append(
+                {
+                    "plain_cpu_us_per_request": plain["cpu_us_per_request"],
+                    "sdk_cpu_us_per_request": sdk["cpu_us_per_request"],
+                    "sdk_requests_per_task": sdk["requests_per_task"],
+                    "ratio": sdk["cpu_us_per_request"] / plain["cpu_us_per_request"],
+                }
+            )
+    return {
+        "polls_pending": args.pending,
+        "tasks": tasks,
+        "runs": runs,
+        "plain_cpu_us_per_request": median_spread([r["plain_cpu_us_per_request"] for r in runs]),
+        "sdk_cpu_us_per_request": median_spread([r["sdk_cpu_us_per_request"] for r in runs]),
+        "ratio": median_spread([r["ratio"] for r in runs]),
     }
 
 
@@ -189,6 +241,16 @@ def report(data: dict[str, Any]) -> str:
             f" {data['concurrency']} in flight makes {few['median']:.2f}"
             f" ({few['min']:.2f}–{few['max']:.2f}) of that."
         )
+    pending = data.get("pending")
+    if pending:
+        ratio = pending["ratio"]
+        out += (
+            f"\n\nPolls of running tasks (the server answers 202 {pending['polls_pending']} times"
+            f" per task, {pending['tasks']} tasks, both polling again at once): client CPU"
+            f" {pending['plain_cpu_us_per_request']['median']:.0f} µs per request for plain"
+            f" aiohttp, {pending['sdk_cpu_us_per_request']['median']:.0f} µs for the SDK:"
+            f" **{ratio['median']:.2f}×** ({ratio['min']:.2f}–{ratio['max']:.2f}) of plain."
+        )
     return out
 
 
@@ -200,6 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--pending", type=int, default=8, help="202s per task in the second part (0: skip it)"
+    )
     parser.add_argument(
         "--no-pin", dest="pin", action="store_false", help="let the OS place server and client"
     )

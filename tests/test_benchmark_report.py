@@ -197,3 +197,46 @@ def test_gc_pauses_count_only_while_on_and_by_generation() -> None:
     peers._mark()
     assert peers._GC.on and peers._GC.count == [0, 0, 0]
     peers._GC.on = False
+
+
+@pytest.mark.anyio
+async def test_the_minimal_server_answers_pending_polls_before_the_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from benchmarks import _minimal_server
+
+    monkeypatch.setattr(_minimal_server, "_PENDING", 2)
+    async with TestServer(_minimal_server.app()) as server, aiohttp.ClientSession() as session:
+        base = str(server.make_url("/model/v1/queue/m"))
+        async with session.post(base, json={}) as r:
+            rid = (await r.json())["request_id"]
+        seen = []
+        for _ in range(3):  # a client stops at the result (the server keeps no finished ids)
+            async with session.get(f"{base}/requests/{rid}/response") as r:
+                seen.append((r.status, (await r.json()).get("status")))
+    assert seen == [(202, "IN_PROGRESS"), (202, "IN_PROGRESS"), (200, None)]
+    assert not _minimal_server._polls  # a finished task's counter is dropped
+
+
+def test_overhead_reports_the_pending_poll_part_when_measured() -> None:
+    from benchmarks import overhead
+
+    one = {"median": 1.0, "min": 1.0, "max": 1.0}
+    data: dict[str, Any] = {
+        "tasks": 10, "concurrency": 4, "workers": 2, "ratio": one,
+        "plain_tasks_per_s": one, "sdk_tasks_per_s": one, "plain_cpu_us_per_task": one,
+        "sdk_cpu_us_per_task": one, "default_policy_tasks_per_s": 1.0,
+    }  # fmt: skip
+    assert "Polls of running tasks" not in overhead.report(data)
+    data["pending"] = {
+        "polls_pending": 8, "tasks": 5,
+        "plain_cpu_us_per_request": {"median": 80.0, "min": 80.0, "max": 80.0},
+        "sdk_cpu_us_per_request": {"median": 100.0, "min": 100.0, "max": 100.0},
+        "ratio": {"median": 1.25, "min": 1.2, "max": 1.3},
+    }  # fmt: skip
+    text = overhead.report(data)
+    assert "202 8 times per task" in text and "80 µs per request for plain" in text
+    assert "100 µs for the SDK: **1.25×** (1.20–1.30) of plain" in text
