@@ -8,7 +8,9 @@ similar factor; compare areas with each other and with an earlier run, not with 
 ``--offline`` first measures the SDK's own work without sockets, unprofiled: aiohttp's request
 is replaced by canned answers (a ticket, then a finished result), so the CPU µs per task it
 prints is what the SDK adds on top of the two HTTP exchanges (P1's gap, without the noise of a
-server). Then the profile runs offline too.
+server). Then the profile runs offline too. ``--pending N`` makes every task answer its first
+N polls with 202 "in progress" (offline and against the minimal server): the cost of polling a
+running task, which is most of a task's requests at a web backend's pace.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ async def _run(url: str, tasks: int, concurrency: int) -> None:
 class _Canned:
     """An answered aiohttp response: what the transport reads of one."""
 
-    def __init__(self, body: bytes) -> None:
-        self.status = 200
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        self.status = status
         self.headers = {"Content-Type": "application/json"}
         self.content_length = len(body)
         self._body = body
@@ -89,13 +91,21 @@ _RESULT = json.dumps(
 
 
 @contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """Clients opened inside answer every create and poll from memory (no sockets)."""
+def offline(pending: int = 0) -> Iterator[None]:
+    """Clients opened inside answer every create and poll from memory (no sockets); each
+    task's first ``pending`` polls answer 202 "in progress"."""
     ids = itertools.count()
+    polls: dict[str, int] = {}
 
     def answer(method: str, url: str, **_: Any) -> _Canned:
         if method == "POST":
             return _Canned(b'{"request_id":"r%d"}' % next(ids))
+        if pending:
+            seen = polls.get(url, 0)
+            if seen < pending:
+                polls[url] = seen + 1
+                return _Canned(_PENDING, status=202)
+            polls.pop(url, None)
         return _Canned(_RESULT)
 
     original = Transport.open
@@ -111,21 +121,26 @@ def offline() -> Iterator[None]:
         Transport.open = original  # type: ignore[method-assign]
 
 
-def offline_us_per_task(tasks: int, concurrency: int, repeats: int = 3) -> float:
-    """Median CPU µs per task of ``Client.stream`` with canned answers (the SDK's own work)."""
+def offline_cpu(
+    tasks: int, concurrency: int, repeats: int = 3, pending: int = 0
+) -> dict[str, float]:
+    """Median CPU µs per task and per request of ``Client.stream`` with canned answers
+    (``pending`` 202s per task first): the SDK's own work."""
 
-    async def measure() -> list[float]:
+    async def measure() -> list[dict[str, float]]:
         await sdk_run(OFFLINE_URL, min(2000, tasks), concurrency)  # warm
-        return [
-            (await sdk_run(OFFLINE_URL, tasks, concurrency))["cpu_us_per_task"]
-            for _ in range(repeats)
-        ]
+        return [await sdk_run(OFFLINE_URL, tasks, concurrency) for _ in range(repeats)]
 
-    with offline():
-        return statistics.median(asyncio.run(measure()))
+    with offline(pending):
+        runs = asyncio.run(measure())
+    return {
+        key: statistics.median(run[key] for run in runs)
+        for key in ("cpu_us_per_task", "cpu_us_per_request")
+    }
 
 
 OFFLINE_URL = "http://127.0.0.1:9/model"  # never connected to
+_PENDING = b'{"status":"IN_PROGRESS","request_id":"offline"}'
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -135,20 +150,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tasks", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--offline", action="store_true", help="no sockets: the SDK's own work")
+    parser.add_argument("--pending", type=int, default=0, help="202s per task before the result")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks = 1000
+    if args.pending:
+        args.tasks = max(1, args.tasks // (args.pending + 1))  # about as many requests
     if args.offline:
-        us = offline_us_per_task(args.tasks, args.concurrency)
-        print(f"SDK work per task without sockets (unprofiled, median of 3): {us:.0f} µs")
-        with offline():
+        cpu = offline_cpu(args.tasks, args.concurrency, pending=args.pending)
+        print(
+            "SDK work without sockets (unprofiled, median of 3): "
+            f"{cpu['cpu_us_per_task']:.0f} µs per task, {cpu['cpu_us_per_request']:.1f} µs per "
+            f"request ({args.pending} pending polls per task)"
+        )
+        with offline(args.pending):
             asyncio.run(_run(OFFLINE_URL, min(1000, args.tasks), args.concurrency))  # warm
             profiler = cProfile.Profile()
             profiler.enable()
             asyncio.run(_run(OFFLINE_URL, args.tasks, args.concurrency))
             profiler.disable()
     else:
-        with minimal_server() as server:
+        with minimal_server(pending=args.pending) as server:
             asyncio.run(_run(server.base_url, min(1000, args.tasks), args.concurrency))  # warm
             profiler = cProfile.Profile()
             profiler.enable()
