@@ -451,6 +451,23 @@ async def test_abandon_while_its_poll_is_in_flight_cancels_it_and_never_requeues
         r.assert_watching(a, b)
 
 
+async def test_a_drop_during_its_own_poll_reaches_no_later_poll_of_the_worker() -> None:
+    # A worker's polls share a cancel scope until a drop cancels it. Here a's own status observer
+    # drops a while its poll is still running (so the cancellation has no await of a's poll left
+    # to land in); the worker's next poll, b's, must not inherit it: b is answered, once.
+    async with rig(max_concurrent_polls=1) as r:
+        r.transport.script("a", pending())
+        r.transport.script("b", pending(), result())
+        t0 = r.clock.now()
+        a = r.watch("a", observer=lambda entry, _: r.scheduler.drop(entry))
+        b = r.watch("b", submitted_at=t0 + 0.5)  # due at +1.5, after a's poll
+        await r.clock.run_until(lambda: b.done)
+        assert a.phase is Phase.ABANDONED and len(r.transport.for_task("a")) == 1
+        assert [q.outcome for q in r.transport.for_task("b")] == ["responded", "responded"]
+        assert unwrap(b).images
+        assert r.scheduler.polls_in_flight == 0
+
+
 async def test_abandon_while_waiting_for_a_poll_slot_is_never_polled() -> None:
     async with rig(max_concurrent_polls=2) as r:
         for rid in ("b", "c", "a", "d"):
