@@ -25,7 +25,7 @@ import pstats
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from nanobanana_async._http._transport import Transport
 
@@ -112,7 +112,7 @@ def offline(pending: int = 0) -> Iterator[None]:
 
     async def open_offline(self: Transport) -> None:
         await original(self)
-        self._http = answer
+        self._http = cast(Any, answer)  # answers as much of an aiohttp response as is read
 
     Transport.open = open_offline  # type: ignore[method-assign]
     try:

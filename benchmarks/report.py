@@ -26,7 +26,8 @@ from ._harness import RESULTS
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 IMG = DOCS / "img"
 
-SECTIONS = [
+# (results name, title, table renderer, blurb) per section of the page, in order.
+SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str], str]] = [
     (
         "overhead",
         "P1 — overhead ceiling",
@@ -37,7 +38,9 @@ SECTIONS = [
         "process): what separates them is the SDK's work per task (recording and pacing each "
         "request, the create's shield, parsing into typed models, the outcome stream). "
         "`python -m benchmarks profile` breaks the SDK's CPU down by area; with `--offline` it "
-        "first measures the SDK's own work per task without sockets.",
+        "first measures the SDK's own work per task without sockets. Below the table, the "
+        "same pairing for polls of running tasks (the server answers 202 first), the request "
+        "a web backend sends most (`profile --pending 8` breaks it down).",
     ),
     (
         "polling",
