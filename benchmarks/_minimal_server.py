@@ -13,8 +13,12 @@ import argparse
 import itertools
 import json
 import sys
+from collections.abc import Hashable
+from typing import TypeVar
 
 from aiohttp import web
+
+Key = TypeVar("Key", bound=Hashable)
 
 _ids = itertools.count()
 _RESULT_HEAD = b'{"request_id":"'
@@ -33,15 +37,21 @@ _PENDING = 0  # 202 answers per task before its result (``--pending``)
 _polls: dict[bytes, int] = {}  # pending answers given so far, per task still running
 
 
+def still_pending(polls: dict[Key, int], key: Key, pending: int) -> bool:
+    """Count one poll of ``key``: True for its first ``pending``; then its count is dropped."""
+    seen = polls.get(key, 0)
+    if seen < pending:
+        polls[key] = seen + 1
+        return True
+    polls.pop(key, None)
+    return False
+
+
 async def response(request: web.Request) -> web.Response:
     rid = request.match_info["rid"].encode()
-    if _PENDING:
-        seen = _polls.get(rid, 0)
-        if seen < _PENDING:
-            _polls[rid] = seen + 1
-            body = b'{"status":"IN_PROGRESS","request_id":"%s"}' % rid
-            return web.Response(body=body, status=202, content_type="application/json")
-        _polls.pop(rid, None)
+    if _PENDING and still_pending(_polls, rid, _PENDING):
+        body = b'{"status":"IN_PROGRESS","request_id":"%s"}' % rid
+        return web.Response(body=body, status=202, content_type="application/json")
     body = _RESULT_HEAD + rid + b'",' + _RESULT_TAIL
     return web.Response(body=body, content_type="application/json")
 

@@ -116,6 +116,18 @@ async def sdk_run(
     }
 
 
+async def paired(
+    repeat: int, url: str, tasks: int, concurrency: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One plain run and one SDK run, in an order that alternates with ``repeat``: a drift of
+    the machine's speed within a pair does not always favour the same side."""
+    if repeat % 2 == 0:
+        plain = await plain_loop(url, tasks, concurrency)
+        return plain, await sdk_run(url, tasks, concurrency)
+    sdk = await sdk_run(url, tasks, concurrency)
+    return await plain_loop(url, tasks, concurrency), sdk
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     # Server and client on separate cores (the same split for the SDK and the plain loop): the
@@ -126,14 +138,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await plain_loop(url, min(2000, args.tasks), args.concurrency)  # warm both paths
         await sdk_run(url, min(2000, args.tasks), args.concurrency)
         for repeat in range(args.repeats):
-            # Pairs alternate their order (plain first, then SDK first): a drift of the
-            # machine's speed within a pair does not always favour the same side.
-            if repeat % 2 == 0:
-                plain = await plain_loop(url, args.tasks, args.concurrency)
-                sdk = await sdk_run(url, args.tasks, args.concurrency)
-            else:
-                sdk = await sdk_run(url, args.tasks, args.concurrency)
-                plain = await plain_loop(url, args.tasks, args.concurrency)
+            plain, sdk = await paired(repeat, url, args.tasks, args.concurrency)
             few = await plain_loop(url, args.tasks, args.workers)
             runs.append(
                 {
@@ -174,20 +179,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 async def pending_polls(
     args: argparse.Namespace, cores: tuple[set[int], set[int]] | None
 ) -> dict[str, Any]:
-    """The second part: tasks that answer ``args.pending`` polls with 202 first, paired runs."""
+    """The second part: tasks that answer ``args.pending`` polls with 202 first, paired runs
+    (server and client on the first part's cores)."""
     tasks = max(1, args.tasks // (args.pending + 2))  # about as many requests as the first part
     runs = []
-    with minimal_server(cores[0] if cores else None, args.pending) as server:
+    server = minimal_server(cores[0] if cores else None, args.pending)
+    with server, pinned(cores[1] if cores else None):
         url = server.base_url
         await plain_loop(url, min(200, tasks), args.concurrency)  # warm both paths
         await sdk_run(url, min(200, tasks), args.concurrency)
         for repeat in range(args.repeats):
-            if repeat % 2 == 0:
-                plain = await plain_loop(url, tasks, args.concurrency)
-                sdk = await sdk_run(url, tasks, args.concurrency)
-            else:
-                sdk = await sdk_run(url, tasks, args.concurrency)
-                plain = await plain_loop(url, tasks, args.concurrency)
+            plain, sdk = await paired(repeat, url, tasks, args.concurrency)
             runs.append(
                 {
                     "plain_cpu_us_per_request": plain["cpu_us_per_request"],

@@ -411,8 +411,14 @@ def _paired_ratio(
     sdk: list[dict[str, Any]],
     gather: list[dict[str, Any]],
     per_run: Callable[[dict[str, Any]], float],
+    needs: str | None = None,
 ) -> dict[str, float] | None:
-    """``per_run`` of the SDK ÷ of gather, repeat by repeat (median, min, max); None if no pair."""
+    """``per_run`` of the SDK ÷ of gather, repeat by repeat (median, min, max); None if no pair,
+    or if a paired run was saved without the field ``needs``."""
+    if needs is not None and any(
+        needs not in run for pair in zip(sdk, gather, strict=False) for run in pair
+    ):
+        return None
     ratios = [per_run(s) / per_run(g) for s, g in zip(sdk, gather, strict=False)]
     return median_spread(ratios) if ratios else None
 
@@ -439,19 +445,20 @@ def cpu_per_task_ratio(
     Beside the per-request figure: the SDK's result route answers the poll that finds a task
     done, so it sends fewer requests per task than the gather loop (status, then result).
     """
-    if any("tasks" not in r for pair in zip(sdk, gather, strict=False) for r in pair):
-        return None
-    return _paired_ratio(sdk, gather, lambda run: run["client_cpu_s"] / max(1, run["tasks"]))
+    return _paired_ratio(
+        sdk, gather, lambda run: run["client_cpu_s"] / max(1, run["tasks"]), needs="tasks"
+    )
 
 
 def cpu_outside_gc_ratio(
     sdk: list[dict[str, Any]], gather: list[dict[str, Any]]
 ) -> dict[str, float] | None:
     """SDK ÷ gather client CPU per request less the GC pauses, paired; None without GC figures."""
-    if any("gc_ms_per_request" not in r for pair in zip(sdk, gather, strict=False) for r in pair):
-        return None
     return _paired_ratio(
-        sdk, gather, lambda run: _cpu_per_request(run) - float(run["gc_ms_per_request"])
+        sdk,
+        gather,
+        lambda run: _cpu_per_request(run) - float(run["gc_ms_per_request"]),
+        needs="gc_ms_per_request",
     )
 
 
@@ -521,18 +528,16 @@ def report(data: dict[str, Any]) -> str:
             "(paired by repeat)."
         )
         peers = data["peers"]
-        per_task = cpu_per_task_ratio(
-            peers.get("sdk", {}).get("runs", []), peers.get("gather", {}).get("runs", [])
-        )
+        sdk_runs = peers.get("sdk", {}).get("runs", [])
+        gather_runs = peers.get("gather", {}).get("runs", [])
+        per_task = cpu_per_task_ratio(sdk_runs, gather_runs)
         if per_task is not None:
             lines.append(
                 f"Client CPU per task, SDK ÷ gather: **{per_task['median']:.2f}×** "
                 f"({per_task['min']:.2f}–{per_task['max']:.2f}): the SDK sends fewer requests "
                 "per task (the poll that finds a task done brings its result)."
             )
-        outside = cpu_outside_gc_ratio(
-            peers.get("sdk", {}).get("runs", []), peers.get("gather", {}).get("runs", [])
-        )
+        outside = cpu_outside_gc_ratio(sdk_runs, gather_runs)
         if outside is not None:
             lines.append(
                 f"Client CPU per request outside garbage collection, SDK ÷ gather: "

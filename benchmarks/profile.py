@@ -30,6 +30,7 @@ from typing import Any, cast
 from nanobanana_async._http._transport import Transport
 
 from ._harness import table
+from ._minimal_server import still_pending
 from .overhead import minimal_server, sdk_run
 
 _AREAS = (
@@ -100,12 +101,8 @@ def offline(pending: int = 0) -> Iterator[None]:
     def answer(method: str, url: str, **_: Any) -> _Canned:
         if method == "POST":
             return _Canned(b'{"request_id":"r%d"}' % next(ids))
-        if pending:
-            seen = polls.get(url, 0)
-            if seen < pending:
-                polls[url] = seen + 1
-                return _Canned(_PENDING, status=202)
-            polls.pop(url, None)
+        if pending and still_pending(polls, url, pending):
+            return _Canned(_PENDING, status=202)
         return _Canned(_RESULT)
 
     original = Transport.open
